@@ -1,0 +1,313 @@
+"""The ``hat`` command. Every command is a thin call into the library.
+
+Exit codes: 0 done, 1 the work failed, 2 bad usage or bad input. A
+:class:`hat.errors.UserError` prints one message (what, where, what next) and exits 2
+with no traceback; ``--debug`` (anywhere on the line) shows tracebacks. ``--quiet``
+hides progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hat import __version__, console
+from hat.errors import UserError
+
+app = typer.Typer(
+    name="hat",
+    help="HAT: pack data, train, calibrate, QAT, export, compile and measure perception models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+_GLOBAL_FLAGS = ("--debug", "--quiet")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.out.print(f"hat-core {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (accepted anywhere on the line).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Hide progress bars (accepted anywhere on the line).")] = False,
+) -> None:
+    """HAT: pack data, train, calibrate, QAT, export, compile and measure perception models."""
+
+
+# -- hat list -------------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Plugins, tasks, datasets, configs and backends that are installed."""
+    from hat.extra_options import describe_options
+    from hat.plugins import get_host
+
+    host = get_host()
+    datasets = sorted(set(host.packers.items) | set(host.synth.items))
+    listing = {
+        "plugins": [
+            {"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module}
+            for p in host.plugins
+        ],
+        "tasks": [
+            {
+                "name": t.name,
+                "dataset": t.dataset,
+                "default_config": t.default_config,
+                "summary": t.summary,
+                "plugin": host.tasks.owners[t.name],
+            }
+            for t in host.tasks.items.values()
+        ],
+        "datasets": [
+            {
+                "name": d,
+                "pack": d in host.packers.items,
+                "synth": d in host.synth.items,
+                "pack_options": describe_options(host.packers.items[d]) if d in host.packers.items else None,
+                "synth_options": describe_options(host.synth.items[d]) if d in host.synth.items else None,
+                "plugin": host.packers.owners.get(d) or host.synth.owners.get(d),
+            }
+            for d in datasets
+        ],
+        "configs": [
+            {"name": n, "plugin": host.configs.owners[n], "path": str(p)} for n, p in sorted(host.configs.items.items())
+        ],
+        "backends": [
+            {"kind": kind, "name": n, "plugin": claimed.owners[n]}
+            for kind, claimed in (("quantization", host.quant_backends), ("compilation", host.compile_backends))
+            for n in sorted(claimed.items)
+        ],
+        "types": len(host.registry.names()),
+    }
+    if as_json:
+        console.out.print_json(json.dumps(listing))
+        return
+    _table("Plugins", ["name", "distribution", "version"], listing["plugins"])
+    _table("Tasks", ["name", "dataset", "default_config", "plugin", "summary"], listing["tasks"])
+    _table(
+        "Datasets",
+        ["name", "pack", "synth", "pack_options", "synth_options", "plugin"],
+        listing["datasets"],
+    )
+    _table("Configs", ["name", "plugin"], listing["configs"])
+    _table("Backends", ["kind", "name", "plugin"], listing["backends"])
+    console.out.print(f"{listing['types']} registered types (configs refer to them with `type:`).")
+
+
+def _table(title: str, columns: list[str], rows: list[dict]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("-" if row[c] is None else str(row[c]) for c in columns))
+    if not rows:
+        table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
+    console.out.print(table)
+
+
+# -- hat config show ------------------------------------------------------------------------
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config value: --set float_trainer.num_epochs=1 (repeatable)."),
+]
+
+
+@config_app.command("show")
+def config_show(
+    ref: Annotated[str, typer.Argument(help="A task, a config name, or a YAML file.")],
+    overrides: SetOption = None,
+) -> None:
+    """Print the fully resolved config (bases merged, overrides applied, ${...} filled in)."""
+    from hat.task_config import load_task_config
+
+    cfg = load_task_config(ref, overrides or ())
+    console.info(f"# {cfg.name} ({cfg.path})")
+    console.out.print(cfg.to_yaml(), end="", markup=False)
+
+
+# -- hat synth / hat pack -------------------------------------------------------------------
+
+
+@app.command("synth", context_settings=_EXTRA_ARGS)
+def synth_command(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `hat list`).")],
+    dst: Annotated[Path, typer.Option("--dst", help="Directory to write the raw dataset into.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same data.")] = 0,
+) -> None:
+    """Write synthetic data in the dataset's own raw layout (dataset options: see `hat list`)."""
+    from hat.extra_options import parse_extra_options
+    from hat.plugins import get_host
+
+    generate = get_host().synth_generator(dataset)
+    options = parse_extra_options(ctx.args, generate, f"`hat synth {dataset}`")
+    start = time.perf_counter()
+    generate(dst, seed=seed, **options)
+    console.info(f"wrote synthetic {dataset} to {dst} in {time.perf_counter() - start:.1f} s")
+
+
+@app.command("pack", context_settings=_EXTRA_ARGS)
+def pack_command(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `hat list`).")],
+    src: Annotated[Path, typer.Option("--src", help="The raw dataset directory.")],
+    dst: Annotated[Path, typer.Option("--dst", help="Where <split>_lmdb is written.")],
+    split: Annotated[str, typer.Option("--split", help="Which split to pack, e.g. train or test.")],
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Worker processes (0 = in process).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a complete pack.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed source records and count them.")] = False,
+) -> None:
+    """Pack a raw dataset split into <dst>/<split>_lmdb (dataset options: see `hat list`)."""
+    from hat.data.packer import run_pack
+    from hat.extra_options import parse_extra_options
+    from hat.plugins import get_host
+
+    packer_cls = get_host().packer(dataset)
+    options = parse_extra_options(ctx.args, packer_cls, f"`hat pack {dataset}`")
+    packer = packer_cls(src, split, **options)
+    summary = run_pack(packer, dst, num_workers=num_workers, overwrite=overwrite, skip_bad=skip_bad)
+    console.out.print(
+        f"packed {summary.num_samples} samples from {summary.num_records} records into {summary.path} "
+        f"in {summary.seconds:.1f} s"
+    )
+    if summary.num_skipped:
+        console.err.print(f"[yellow]skipped {summary.num_skipped} bad record(s):[/yellow]")
+        for line in summary.skipped[:20]:
+            console.err.print(f"  {line}", markup=False)
+        if summary.num_skipped > 20:
+            console.err.print(f"  ... and {summary.num_skipped - 20} more")
+
+
+# -- hat train / predict / calops -------------------------------------------------------------
+
+TaskArg = Annotated[str, typer.Argument(help="The task (see `hat list`), e.g. keypoint.")]
+ConfigOption = Annotated[
+    Optional[str], typer.Option("--config", help="A config name or YAML file (default: the task's default config).")
+]
+WorkDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--work-dir", help="Where checkpoints, logs and exports go (default ./hat-work/<config>)."),
+]
+
+
+def _stage_config(task: str, config: str | None, overrides: list[str] | None, work_dir: Path | None):
+    from hat.stages import load_stage_config
+
+    return load_stage_config(task, config_ref=config, overrides=overrides or (), work_dir=work_dir)
+
+
+@app.command("train")
+def train_command(
+    task: TaskArg,
+    stage: Annotated[str, typer.Option("--stage", help="float, calibration or qat.")] = "float",
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <stage>-checkpoint-last.")] = False,
+) -> None:
+    """Train a stage: float, calibration or qat (DDP under torchrun: `torchrun -m hat train ...`)."""
+    from hat import stages
+    from hat.engine import distributed
+
+    stage_cfg = _stage_config(task, config, overrides, work_dir)
+    try:
+        state = stages.train(stage_cfg, stage, resume=resume)
+    finally:
+        distributed.shutdown()
+    if distributed.is_main():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in state.metrics.items()) or "no validation metrics"
+        console.out.print(f"{stage} done after {state.global_step} steps: {shown}; checkpoints in {stage_cfg.work_dir}")
+
+
+@app.command("predict")
+def predict_command(
+    task: TaskArg,
+    stage: Annotated[str, typer.Option("--stage", help="float, calibration or qat.")] = "float",
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Evaluate a stage's model; writes <work-dir>/predict/<stage>.json."""
+    from hat import stages
+    from hat.engine import distributed
+
+    stage_cfg = _stage_config(task, config, overrides, work_dir)
+    try:
+        stages.predict(stage_cfg, stage)
+    finally:
+        distributed.shutdown()
+
+
+@app.command("calops")
+def calops_command(
+    task: TaskArg,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """FLOPs and parameters of the deploy model at its deploy input shape."""
+    from hat.engine.calops import calops_for_config
+
+    stage_cfg = _stage_config(task, config, overrides, None)
+    report = calops_for_config(stage_cfg.config)
+    if as_json:
+        console.out.print_json(json.dumps(report.to_dict()))
+    else:
+        console.out.print(report.render_table())
+        console.out.print(report.flops_definition)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map errors to exit codes (2 user error, 1 failed work)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    console.set_quiet("--quiet" in args)
+    args = [a for a in args if a not in _GLOBAL_FLAGS]
+    try:
+        app(args=args, prog_name="hat")
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        console.err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # the work failed: say so in one line unless asked for more
+        if debug:
+            traceback.print_exc()
+        console.err.print(
+            f"[bold red]error:[/bold red] the work failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False
+        )
+        if not debug:
+            console.err.print("  next:  re-run with --debug for the traceback")
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The training engine: trainers, calibrator, predictor, callbacks, checkpoints."""

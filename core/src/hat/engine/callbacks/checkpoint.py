@@ -1,0 +1,131 @@
+"""Checkpoints: ``<stage>-checkpoint-last`` for resuming, ``-best`` by a monitored metric.
+
+Written on rank 0 only and atomically (see :mod:`hat.engine.checkpoint_io`). A
+checkpoint holds everything a resume needs: model, optimizer and scheduler state, the
+loop position, RNG states, callback states, the latest metrics and the resolved config.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from hat.engine import distributed
+from hat.engine.callbacks.base import Callback
+from hat.engine.checkpoint_io import capture_rng, save_checkpoint
+from hat.engine.state import LoopState
+from hat.registry import register_type
+
+
+@register_type("Checkpoint")
+class Checkpoint(Callback):
+    def __init__(
+        self,
+        monitor_metric_key: str | None = None,
+        mode: str = "max",
+        save_interval: int = 1,
+        interval_by: str = "epoch",
+        save_last: bool = True,
+        keep_n: int | None = None,
+        save_on_loop_end: bool = True,
+    ) -> None:
+        """``save_interval``/``interval_by``: write ``-last`` every N epochs or steps;
+        ``keep_n``: also keep numbered copies ``<stage>-checkpoint-epoch-<k>`` (or ``-step-``),
+        the newest N of them (None = none)."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if interval_by not in ("epoch", "step"):
+            raise ValueError(f"interval_by must be 'epoch' or 'step', got {interval_by!r}")
+        if save_interval < 1:
+            raise ValueError("save_interval must be >= 1")
+        self.monitor = monitor_metric_key
+        self.mode = mode
+        self.interval = save_interval
+        self.interval_by = interval_by
+        self.save_last = save_last
+        self.keep_n = keep_n
+        self.save_on_loop_end = save_on_loop_end
+        self.best: float | None = None
+        self._saved_at_step: int | None = None
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_step_end(self, state: LoopState, batch: Any = None, outputs: Any = None) -> None:
+        if self.interval_by == "step" and state.global_step % self.interval == 0:
+            self._save(state, f"step-{state.global_step}")
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        if self.interval_by == "epoch" and (state.epoch + 1) % self.interval == 0:
+            self._save(state, f"epoch-{state.epoch + 1}")
+
+    def on_loop_end(self, state: LoopState) -> None:
+        if self.save_on_loop_end and self._saved_at_step != state.global_step:
+            self._save(state, f"step-{state.global_step}")
+
+    # -- saving -----------------------------------------------------------------------------
+    def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _save(self, state: LoopState, tag: str) -> None:
+        self._saved_at_step = state.global_step
+        improved = False
+        if self.monitor is not None and self.monitor in state.metrics:
+            value = float(state.metrics[self.monitor])
+            improved = self._is_better(value)
+            if improved:
+                self.best = value
+        elif self.monitor is None:
+            improved = True  # nothing monitored: the newest is the best
+        if not distributed.is_main():
+            return
+        payload = self._payload(state)
+        work_dir = Path(state.work_dir)
+        last = work_dir / f"{state.stage}-checkpoint-last.pth.tar"
+        if self.save_last:
+            save_checkpoint(last, payload)
+        if improved:
+            save_checkpoint(work_dir / f"{state.stage}-checkpoint-best.pth.tar", payload)
+        if self.keep_n:
+            save_checkpoint(work_dir / f"{state.stage}-checkpoint-{tag}.pth.tar", payload)
+            self._prune(work_dir, state.stage)
+        runner = state.runner
+        if runner is not None and hasattr(runner, "print"):
+            runner.print(f"checkpoint {tag}: {last.name}" + (" (best)" if improved else ""))
+
+    def _payload(self, state: LoopState) -> dict[str, Any]:
+        epoch, step_in_epoch = state.resume_position()
+        callbacks = {}
+        runner = state.runner
+        for callback in getattr(runner, "callbacks", []):
+            callbacks[callback.state_key()] = callback.state_dict()
+        return {
+            "stage": state.stage,
+            "model": {k: v.detach().cpu() for k, v in state.plain_model.state_dict().items()},
+            "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": state.global_step,
+            "metrics": dict(state.metrics),
+            "callbacks": callbacks,
+            "rng": capture_rng(),
+            "config": state.config,
+        }
+
+    def _prune(self, work_dir: Path, stage: str) -> None:
+        numbered = sorted(
+            (p for p in work_dir.glob(f"{stage}-checkpoint-*-*.pth.tar")),
+            key=lambda p: p.stat().st_mtime_ns,
+        )
+        for old in numbered[: max(0, len(numbered) - int(self.keep_n or 0))]:
+            old.unlink()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")

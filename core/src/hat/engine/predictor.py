@@ -1,0 +1,85 @@
+"""Predict: a stage's model over a data loader, its metrics, and ``predict/<stage>.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from hat import console
+from hat.engine import distributed
+from hat.engine.context import RunContext
+from hat.engine.converters import ModelConvertPipeline
+from hat.engine.loader import build_loader
+from hat.engine.runlog import RunLog
+from hat.engine.runner import LoopRunner, evaluate
+from hat.metrics import Metric
+from hat.registry import register_type
+
+
+@register_type("Predictor", lazy_args=("data_loader",))
+class Predictor(LoopRunner):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: Mapping[str, Any],
+        metrics: Sequence[Metric],
+        model_convert_pipeline: ModelConvertPipeline | None = None,
+        batch_processor: Any = None,
+        callbacks: Sequence[Any] = (),
+        device: str | None = None,
+        log_interval: int | None = None,
+    ) -> None:
+        super().__init__(model, model_convert_pipeline, callbacks, metrics, device)
+        self.data_loader_cfg = data_loader
+        self.batch_processor = batch_processor
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Evaluate; writes ``<work-dir>/predict/<stage>.json`` and prints a table."""
+        self.context = ctx
+        self.log = RunLog(ctx.log_path())
+        model = self.convert_model(ctx)
+        loader = build_loader(
+            self.data_loader_cfg,
+            ctx.registry,
+            seed=ctx.seed,
+            train=False,
+            path=f"{ctx.path}.data_loader",
+            locate=ctx.locate,
+        )
+        with self.progress(f"predict {ctx.stage}", len(loader)):
+            metrics, samples = evaluate(
+                model,
+                loader,
+                self.val_metrics,
+                self.device(),
+                batch_processor=self.batch_processor,
+                on_batch=self.advance,
+            )
+        result = write_prediction(ctx, metrics, samples)
+        self.log.write({"event": "predict", "samples": samples, **metrics})
+        return result
+
+
+def write_prediction(ctx: RunContext, metrics: dict[str, float], samples: int) -> dict[str, Any]:
+    """The predict JSON (rank 0) and a table on stdout; shared with int_infer."""
+    result = {
+        "stage": ctx.stage,
+        "config": ctx.config_name or ctx.task,
+        "metrics": metrics,
+        "num_samples": samples,
+    }
+    if distributed.is_main():
+        out = ctx.work_dir / "predict" / f"{ctx.stage}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        table = Table(title=f"{ctx.task} · {ctx.stage} · {samples} samples", title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in metrics.items():
+            table.add_row(name, f"{value:.4f}")
+        console.out.print(table)
+    return result

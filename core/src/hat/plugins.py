@@ -1,0 +1,282 @@
+"""The plugin system: pluggy hookspecs and the host that loads plugins once.
+
+HAT's core knows no task. Everything a task brings (its models and transforms, its
+task spec, configs, packer, synthetic-data generator) arrives through the hooks
+below, from distributions that declare an entry point in the ``hat`` group::
+
+    [project.entry-points.hat]
+    keypoint = "hat_keypoint.plugin"
+
+Core registers its own built-ins through the same hooks (``hat.builtins``), so there
+is one path for everything. Plugins load lazily, on the first command that needs
+them, and once per process. ``HAT_PLUGINS=a,b`` restricts which installed plugins
+load (by entry-point or distribution name); ``HAT_PLUGINS=`` (empty) loads none.
+Two plugins claiming the same task, dataset, config or type name is an error naming
+both distributions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from hat.errors import PluginError
+from hat.registry import Registry
+
+PROJECT = "hat"
+ENTRY_POINT_GROUP = "hat"
+ENV_RESTRICT = "HAT_PLUGINS"
+CORE_DIST = "hat-core"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is, for `hat list`, `hat train TASK` and `hat demo TASK`.
+
+    ``default_config`` is a config name from the plugin's ``hat_configs``;
+    ``dataset`` names the packer/synth dataset the task trains on; ``demo`` is the
+    plugin's demo recipe (a callable run by `hat demo`), ``None`` if it has none.
+    """
+
+    name: str
+    summary: str
+    default_config: str
+    dataset: str
+    demo: Callable[..., Any] | None = None
+
+
+class HatSpec:
+    """Hook specifications. Every hook is optional for a plugin."""
+
+    @hookspec
+    def hat_register(self, registry: Any) -> None:
+        """Register types (models, heads, losses, transforms, datasets, metrics, ...).
+
+        ``registry`` is bound to the calling plugin: ``registry.add(cls)`` registers
+        ``cls`` under its :func:`hat.registry.register_type` name (or ``__name__``),
+        ``registry.add(obj, "Name")`` under an explicit name, and
+        ``registry.add_marked(module)`` everything a module marks. Return nothing.
+        """
+
+    @hookspec
+    def hat_tasks(self) -> Iterable[TaskSpec]:
+        """Return the plugin's tasks as :class:`TaskSpec` objects (names unique)."""
+
+    @hookspec
+    def hat_configs(self) -> Mapping[str, Path]:
+        """Return config name -> path of a YAML file the plugin ships.
+
+        Names are used as ``--config NAME`` and in ``_base_``; they are conventionally
+        the file name without ``.yaml`` and must be unique across plugins.
+        """
+
+    @hookspec
+    def hat_packers(self) -> Mapping[str, type]:
+        """Return dataset name -> packer class (a :class:`hat.data.packer.Packer`).
+
+        `hat pack DATASET` instantiates it with ``src``, ``split`` and the dataset's own
+        options, and the pack driver writes what it yields to LMDB.
+        """
+
+    @hookspec
+    def hat_synth(self) -> Mapping[str, Callable[..., Any]]:
+        """Return dataset name -> synthetic-data generator.
+
+        The generator is called as ``generate(dst: Path, *, seed: int, **options)`` and
+        writes the dataset's real raw layout under ``dst``. Keyword-only parameters
+        with defaults are its options, exposed on the command line as ``--name``.
+        """
+
+    @hookspec
+    def hat_quant_backends(self) -> Mapping[str, Callable[..., Any]]:
+        """Return quantization backend name -> factory (see ``hat.quant``)."""
+
+    @hookspec
+    def hat_compile_backends(self) -> Mapping[str, Callable[..., Any]]:
+        """Return compilation backend name -> factory (see ``hat.deploy``)."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin: its entry-point name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+
+
+@dataclass
+class _Claimed:
+    """Named things collected from one hook, with the distribution that claimed each."""
+
+    kind: str
+    items: dict[str, Any] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def claim(self, name: str, value: Any, owner: str) -> None:
+        if name in self.items:
+            raise PluginError(
+                f"{self.kind} {name!r} is claimed twice: by {self.owners[name]} and by {owner}",
+                hint="uninstall one of the two distributions, or restrict loading with HAT_PLUGINS=name,name",
+            )
+        self.items[name] = value
+        self.owners[name] = owner
+
+
+class PluginHost:
+    """Loaded plugins and everything they contributed, collected once.
+
+    ``entry_points=False`` loads only core and the ``extra`` plugin objects, which is
+    how tests register a plugin in-process without installed plugins leaking in.
+    """
+
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        extra: Iterable[tuple[object, str]] = (),
+        restrict: str | None = None,
+    ) -> None:
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(HatSpec)
+        self._owner: dict[str, str] = {}  # plugin name -> distribution
+        self.plugins: list[PluginInfo] = []
+
+        from hat import builtins
+
+        self._add(builtins, "core", CORE_DIST, _version(CORE_DIST), builtins.__name__)
+        if entry_points:
+            self._load_entry_points(os.environ.get(ENV_RESTRICT) if restrict is None else restrict)
+        for obj, dist in extra:
+            name = getattr(obj, "__name__", repr(obj))
+            self._add(obj, name, dist, "test", name)
+        self._collect()
+
+    # -- loading ----------------------------------------------------------------------
+    def _add(self, obj: object, name: str, dist: str, version: str, module: str) -> None:
+        self._pm.register(obj, name=name)
+        self._owner[name] = dist
+        self.plugins.append(PluginInfo(name, dist, version, module))
+
+    def _load_entry_points(self, restrict: str | None) -> None:
+        eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        wanted: set[str] | None = None
+        if restrict is not None:
+            wanted = {w.strip() for w in restrict.split(",") if w.strip()}
+            known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist}
+            unknown = sorted(wanted - known)
+            if unknown:
+                raise PluginError(
+                    f"{ENV_RESTRICT} names plugin(s) that are not installed: {', '.join(unknown)}",
+                    where=f"{ENV_RESTRICT}={restrict}",
+                    hint=f"installed: {', '.join(sorted(known)) or 'none'}",
+                )
+        for ep in sorted(eps, key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else "?"
+            if wanted is not None and ep.name not in wanted and dist not in wanted:
+                continue
+            if ep.name in self._owner:
+                raise PluginError(
+                    f"plugin name {ep.name!r} is claimed twice: by {self._owner[ep.name]} and by {dist}",
+                    hint="uninstall one of the two distributions",
+                )
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must say which one it is
+                raise PluginError(
+                    f"plugin {ep.name!r} from {dist} failed to import: {type(exc).__name__}: {exc}",
+                    where=ep.value,
+                    hint=f"reinstall or uninstall {dist}, or skip it with {ENV_RESTRICT}",
+                ) from exc
+            self._add(module, ep.name, dist, ep.dist.version if ep.dist else "?", ep.value)
+
+    def _collect(self) -> None:
+        self.registry = Registry()
+        self.tasks = _Claimed("task")
+        self.configs = _Claimed("config")
+        self.packers = _Claimed("dataset packer")
+        self.synth = _Claimed("dataset generator")
+        self.quant_backends = _Claimed("quantization backend")
+        self.compile_backends = _Claimed("compilation backend")
+        # Call each plugin's implementation separately (not pluggy's aggregated call)
+        # so that every contribution is attributed to the distribution it came from.
+        for impl in self._impls("hat_register"):
+            impl.function(registry=self.registry.scoped(self._owner[impl.plugin_name]))
+        for impl in self._impls("hat_tasks"):
+            for spec in impl.function() or ():
+                self.tasks.claim(spec.name, spec, self._owner[impl.plugin_name])
+        for hook, claimed in (
+            ("hat_configs", self.configs),
+            ("hat_packers", self.packers),
+            ("hat_synth", self.synth),
+            ("hat_quant_backends", self.quant_backends),
+            ("hat_compile_backends", self.compile_backends),
+        ):
+            for impl in self._impls(hook):
+                for name, value in (impl.function() or {}).items():
+                    claimed.claim(name, value, self._owner[impl.plugin_name])
+
+    def _impls(self, hook: str) -> list[Any]:
+        # pluggy returns implementations in reverse registration order; core first reads better.
+        return list(reversed(getattr(self._pm.hook, hook).get_hookimpls()))
+
+    # -- lookup with helpful errors -----------------------------------------------------
+    def task(self, name: str) -> TaskSpec:
+        return self._lookup(self.tasks, name, "task", "install the task's plugin, e.g. `pip install hat-keypoint`")
+
+    def packer(self, dataset: str) -> type:
+        return self._lookup(self.packers, dataset, "dataset", "run `hat list` to see the datasets that can be packed")
+
+    def synth_generator(self, dataset: str) -> Callable[..., Any]:
+        return self._lookup(
+            self.synth, dataset, "dataset", "run `hat list` to see the datasets that can be synthesized"
+        )
+
+    def _lookup(self, claimed: _Claimed, name: str, what: str, fallback_hint: str) -> Any:
+        if name in claimed.items:
+            return claimed.items[name]
+        close = difflib.get_close_matches(name, claimed.items, n=3, cutoff=0.5)
+        known = sorted(claimed.items)
+        if close:
+            hint = f"did you mean {', '.join(close)}?"
+        elif known:
+            hint = f"known: {', '.join(known)}"
+        else:
+            hint = fallback_hint
+        raise PluginError(f"unknown {what} {name!r}", hint=hint)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, created on first use (plugins load lazily, once)."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def set_host(host: PluginHost | None) -> PluginHost | None:
+    """Install ``host`` as the process-wide one (tests); returns the previous one."""
+    global _HOST
+    previous, _HOST = _HOST, host
+    return previous

@@ -1,0 +1,1 @@
+"""Quantization: the backend protocol and the default torch-native backend."""

@@ -1,0 +1,177 @@
+"""The stage protocol: float -> calibration -> qat -> (export) -> int_infer.
+
+``hat train TASK --stage S`` builds the config's ``S_trainer`` and runs it;
+``hat predict TASK --stage S`` builds ``S_predictor``. Every stage writes into the
+work directory (``./hat-work/<config name>`` unless ``--work-dir``), which configs refer
+to as ``${work_dir}``; a stage's ``LoadCheckpoint`` converters read the previous
+stage's checkpoints from there. Missing prerequisites fail before any work, naming the
+file and the command that makes it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hat.config import Config
+from hat.engine import distributed
+from hat.engine.context import RunContext
+from hat.errors import ConfigError, UserError
+from hat.plugins import PluginHost, get_host
+from hat.task_config import load_task_config, resolve_config_ref
+
+TRAIN_STAGES = ("float", "calibration", "qat")
+PREDICT_STAGES = ("float", "calibration", "qat", "int_infer")
+STAGES = PREDICT_STAGES
+_CHECKPOINT_NAME = re.compile(r"^(float|calibration|qat)-checkpoint-[\w.-]+\.pth\.tar$")
+
+
+def default_work_dir(config_name: str) -> Path:
+    return Path("hat-work") / config_name
+
+
+def command_that_makes(path: Path, task: str) -> str | None:
+    """The `hat` command that writes checkpoint ``path``, judged by its file name."""
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    return f"hat train {task} --stage {match.group(1)}" if match else None
+
+
+@dataclass
+class StageConfig:
+    task: str
+    config: Config
+    work_dir: Path
+
+
+def load_stage_config(
+    task: str,
+    *,
+    config_ref: str | None = None,
+    overrides: Iterable[str] = (),
+    work_dir: Path | None = None,
+    host: PluginHost | None = None,
+) -> StageConfig:
+    """The config a stage command runs: the task's default (or ``config_ref``), with
+    ``work_dir`` and ``task`` available to ``${...}``."""
+    host = host or get_host()
+    ref = config_ref or task
+    if config_ref is None:
+        host.task(task)  # a clear "unknown task" error before looking for configs
+    _, name = resolve_config_ref(ref, host)
+    chosen = Path(work_dir) if work_dir is not None else default_work_dir(name)
+    extra = [f"work_dir={chosen}"] if work_dir is not None else []
+    cfg = load_task_config(
+        ref,
+        [*extra, *overrides],
+        host=host,
+        defaults={"work_dir": str(chosen), "task": task},
+    )
+    return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _runner_key(config: Config, stage: str, kind: str) -> str:
+    key = f"{stage}_{kind}"
+    if key not in config:
+        available = sorted(k for k in config.data if k.endswith(f"_{kind}"))
+        raise ConfigError(
+            f"config {config.name} has no {key!r}, so it cannot run stage {stage!r}",
+            where=str(config.path),
+            hint=f"it defines: {', '.join(available) or 'none'}",
+        )
+    return key
+
+
+def _required_checkpoints(node: Any, path: str) -> list[tuple[str, str]]:
+    """(key path, checkpoint path) of every LoadCheckpoint in a raw config subtree."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, Mapping):
+        if node.get("type") == "LoadCheckpoint" and node.get("checkpoint_path"):
+            found.append((path, str(node["checkpoint_path"])))
+        for key, value in node.items():
+            found += _required_checkpoints(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _required_checkpoints(value, f"{path}.{i}")
+    return found
+
+
+def check_prerequisites(stage_cfg: StageConfig, key: str) -> None:
+    """Fail before any work if a checkpoint this stage loads does not exist."""
+    for key_path, checkpoint in _required_checkpoints(stage_cfg.config[key], key):
+        if not Path(checkpoint).is_file():
+            command = command_that_makes(Path(checkpoint), stage_cfg.task)
+            raise UserError(
+                f"stage {key.rsplit('_', 1)[0]!r} needs {checkpoint}, which does not exist",
+                where=stage_cfg.config.locate(key_path) or key_path,
+                hint=f"run `{command}` first" if command else "check the checkpoint_path in the config",
+            )
+
+
+def _context(stage_cfg: StageConfig, stage: str, key: str, host: PluginHost, resume: bool = False) -> RunContext:
+    cfg = stage_cfg.config
+    return RunContext(
+        task=stage_cfg.task,
+        stage=stage,
+        work_dir=stage_cfg.work_dir,
+        config=cfg.data,
+        registry=host.registry,
+        seed=int(cfg.get("seed", 0)),
+        resume=resume,
+        locate=cfg.locate,
+        path=key,
+        config_name=cfg.name,
+    )
+
+
+def _build(stage_cfg: StageConfig, key: str, host: PluginHost) -> Any:
+    cfg = stage_cfg.config
+    return host.registry.build(cfg[key], path=key, locate=cfg.locate)
+
+
+def train(stage_cfg: StageConfig, stage: str, *, resume: bool = False, host: PluginHost | None = None) -> Any:
+    """Run ``<stage>_trainer``; returns its final loop state."""
+    host = host or get_host()
+    if stage not in TRAIN_STAGES:
+        raise UserError(f"cannot train stage {stage!r}", hint=f"choose one of {', '.join(TRAIN_STAGES)}")
+    key = _runner_key(stage_cfg.config, stage, "trainer")
+    check_prerequisites(stage_cfg, key)
+    distributed.init_from_env()
+    ctx = _context(stage_cfg, stage, key, host, resume)
+    seed_everything(ctx.seed)
+    runner = _build(stage_cfg, key, host)
+    if not hasattr(runner, "fit"):
+        raise ConfigError(
+            f"{key} built a {type(runner).__name__}, which cannot train", where=stage_cfg.config.locate(key)
+        )
+    return runner.fit(ctx)
+
+
+def predict(stage_cfg: StageConfig, stage: str, *, host: PluginHost | None = None) -> dict[str, Any]:
+    """Run ``<stage>_predictor``; returns the predict JSON's content."""
+    host = host or get_host()
+    if stage not in PREDICT_STAGES:
+        raise UserError(f"unknown stage {stage!r}", hint=f"choose one of {', '.join(PREDICT_STAGES)}")
+    key = _runner_key(stage_cfg.config, stage, "predictor")
+    check_prerequisites(stage_cfg, key)
+    distributed.init_from_env()
+    ctx = _context(stage_cfg, stage, key, host)
+    seed_everything(ctx.seed)
+    runner = _build(stage_cfg, key, host)
+    if not hasattr(runner, "run"):
+        raise ConfigError(
+            f"{key} built a {type(runner).__name__}, which cannot predict", where=stage_cfg.config.locate(key)
+        )
+    return runner.run(ctx)
