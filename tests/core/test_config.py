@@ -124,3 +124,19 @@ def test_deep_merge_does_not_alias_inputs() -> None:
     merged = deep_merge(base, {"a": {"c": 1}})
     merged["a"]["b"].append(2)
     assert base == {"a": {"b": [1]}}
+
+
+def test_override_through_a_reference_changes_only_that_use(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.yaml",
+        "model: {type: M, depth: 2}\nalias: '${model}'\na: {model: '${model}'}\nb: {model: '${alias}'}\n",
+    )
+    cfg = load_config(path, overrides=["a.model.depth=5", "b.model.depth=7"])
+    assert cfg["a"]["model"] == {"type": "M", "depth": 5}
+    assert cfg["b"]["model"] == {"type": "M", "depth": 7}
+    assert cfg["model"] == {"type": "M", "depth": 2} and cfg["alias"] == {"type": "M", "depth": 2}
+
+
+def test_scientific_notation_is_a_float(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "c.yaml", "lr: 1e-3\nwd: 5e-2\nn: 10\nname: 1e\n"))
+    assert cfg.data == {"lr": 1e-3, "wd": 5e-2, "n": 10, "name": "1e"}

@@ -238,9 +238,10 @@ def train_command(
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
         state = stages.train(stage_cfg, stage, resume=resume)
+        main_rank = distributed.is_main()
     finally:
         distributed.shutdown()
-    if distributed.is_main():
+    if main_rank:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in state.metrics.items()) or "no validation metrics"
         console.out.print(f"{stage} done after {state.global_step} steps: {shown}; checkpoints in {stage_cfg.work_dir}")
 
@@ -280,7 +281,6 @@ def calops_command(
         console.out.print_json(json.dumps(report.to_dict()))
     else:
         console.out.print(report.render_table())
-        console.out.print(report.flops_definition)
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        console.err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", highlight=False)
+        console.err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.err.print("interrupted")
@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         console.err.print(
-            f"[bold red]error:[/bold red] the work failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False
+            f"[bold red]error:[/bold red] the work failed: {type(exc).__name__}: {escape(str(exc))}",
+            highlight=False,
+            soft_wrap=True,
         )
         if not debug:
             console.err.print("  next:  re-run with --debug for the traceback")

@@ -238,6 +238,7 @@ def _apply_override(data: dict[str, Any], locations: dict[str, str], item: str) 
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         walked.append(part)
+        node = _materialize_reference(data, node, walked[:-1])
         if isinstance(node, list):
             if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
                 raise ConfigError(f"bad --set {item!r}: {'.'.join(walked)} is not an index of a list of {len(node)}")
@@ -259,6 +260,23 @@ def _apply_override(data: dict[str, Any], locations: dict[str, str], item: str) 
         else:
             raise ConfigError(f"bad --set {item!r}: {'.'.join(walked[:-1])} is a {type(node).__name__}, not a map")
     locations[".".join(parts)] = f"--set {item}"
+
+
+def _materialize_reference(data: dict[str, Any], node: Any, walked: list[str]) -> Any:
+    """``--set float_trainer.model.x=1`` where ``float_trainer.model`` is ``${model}``:
+    replace the reference by a copy of ``model`` so the override changes only this use."""
+    if not isinstance(node, str):
+        return node
+    match = _REF.fullmatch(node)
+    if not match or match.group(1) not in data:
+        return node
+    copy_ = copy.deepcopy(data[match.group(1)])
+    parent: Any = data
+    for part in walked[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    key = walked[-1]
+    parent[int(key) if isinstance(parent, list) else key] = copy_
+    return _materialize_reference(data, copy_, walked)
 
 
 # -- interpolation ------------------------------------------------------------------------

@@ -39,8 +39,14 @@ def default_work_dir(config_name: str) -> Path:
 
 def command_that_makes(path: Path, task: str) -> str | None:
     """The `hat` command that writes checkpoint ``path``, judged by its file name."""
-    match = _CHECKPOINT_NAME.match(Path(path).name)
-    return f"hat train {task} --stage {match.group(1)}" if match else None
+    path = Path(path)
+    match = _CHECKPOINT_NAME.match(path.name)
+    if not match:
+        return None
+    command = f"hat train {task} --stage {match.group(1)}"
+    if path.parent.parts[:1] != ("hat-work",):  # not the default work dir: say which one
+        command += f" --work-dir {path.parent}"
+    return command
 
 
 @dataclass

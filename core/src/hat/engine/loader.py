@@ -77,6 +77,9 @@ def build_loader(
     dataset = registry.build(cfg.pop("dataset"), path=f"{path}.dataset", locate=locate)
     rest = registry.build(cfg, path=path, locate=locate)
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, pad=train)
+    # The loader's own generator (re-seeded per epoch in set_loader_epoch) draws the
+    # worker seeds, so iterating never consumes the global RNG that a resume restores.
+    rest.setdefault("generator", torch.Generator().manual_seed(seed))
     try:
         return DataLoader(dataset, sampler=sampler, **rest)
     except TypeError as exc:
@@ -88,5 +91,7 @@ def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> N
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
+        if loader.generator is not None:
+            loader.generator.manual_seed(sampler.seed + 1_000_003 * (epoch + 1))
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)

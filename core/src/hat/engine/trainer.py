@@ -74,9 +74,11 @@ class Trainer(LoopRunner):
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not distributed.is_distributed():
             return model
-        if self.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device = self.device()
+        if self.sync_bn and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.sync_bn:  # torch's SyncBatchNorm has no CPU kernel; say so instead of failing
+            self.print("sync_bn: SyncBatchNorm needs CUDA; on CPU each rank keeps its own BatchNorm statistics")
         return torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,

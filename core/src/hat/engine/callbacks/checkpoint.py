@@ -94,7 +94,7 @@ class Checkpoint(Callback):
             self._prune(work_dir, state.stage)
         runner = state.runner
         if runner is not None and hasattr(runner, "print"):
-            runner.print(f"checkpoint {tag}: {last.name}" + (" (best)" if improved else ""))
+            runner.print(f"checkpoint at {tag.replace('-', ' ')} -> {work_dir}" + (" (new best)" if improved else ""))
 
     def _payload(self, state: LoopState) -> dict[str, Any]:
         epoch, step_in_epoch = state.resume_position()

@@ -1,0 +1,130 @@
+"""A small regression task that drives the engine's real code paths in tests.
+
+A registered dataset, model and metric plus a task spec and config, registered through
+the same hooks a real plugin uses. ``run_toy`` runs the real CLI with this plugin
+loaded, in a subprocess or under torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hat.engine.callbacks.base import Callback
+from hat.metrics import Metric
+from hat.plugins import PluginHost, TaskSpec, hookimpl
+from hat.registry import register_type
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DIST = "hat-engine-toy"
+
+
+@register_type("ToyRegressionData")
+class ToyRegressionData(torch.utils.data.Dataset):
+    """y = x . w + 0.5 with a fixed w; deterministic in (seed, index)."""
+
+    def __init__(self, size: int = 64, dim: int = 4, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(size, dim, generator=generator)
+        weights = torch.linspace(-1.0, 1.0, dim)
+        self.y = (self.x @ weights + 0.5).unsqueeze(1)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[index], "y": self.y[index]}
+
+
+@register_type("ToyRegressor")
+class ToyRegressor(torch.nn.Module):
+    """Linear-ReLU-Linear; returns predictions and an MSE loss when targets are given.
+
+    ``nan_at_step`` makes the loss NaN from that training forward on (for the
+    non-finite-loss test); ``use_bn`` adds a BatchNorm for SyncBatchNorm tests.
+    """
+
+    def __init__(self, dim: int = 4, hidden: int = 16, use_bn: bool = False, nan_at_step: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.bn = torch.nn.BatchNorm1d(hidden) if use_bn else torch.nn.Identity()
+        self.fc2 = torch.nn.Linear(hidden, 1)
+        self.nan_at_step = nan_at_step
+        self.train_forwards = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pred = self.fc2(torch.relu(self.bn(self.fc1(batch["x"]))))
+        out = {"pred": pred}
+        if "y" in batch:
+            loss = torch.nn.functional.mse_loss(pred, batch["y"])
+            if self.training:
+                if self.nan_at_step is not None and self.train_forwards >= self.nan_at_step:
+                    loss = loss * float("nan")
+                self.train_forwards += 1
+            out["loss"] = loss
+        return out
+
+
+@register_type("ToyMSE")
+class ToyMSE(Metric):
+    name = "mse"
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sq_sum", torch.tensor(0.0, dtype=torch.float64))
+        self.add_state("count", torch.tensor(0, dtype=torch.int64))
+
+    def update(self, batch: Any, outputs: Any) -> None:
+        diff = (outputs["pred"] - batch["y"]).double()
+        self.sq_sum += (diff**2).sum()
+        self.count += diff.numel()
+
+    def _compute(self) -> dict[str, float]:
+        return {"mse": float(self.sq_sum / self.count.clamp(min=1))}
+
+
+@register_type("KillSwitch")
+class KillSwitch(Callback):
+    """SIGKILLs the process when HAT_TEST_KILL is set: at the end of 1-based epoch
+    ``epoch``, or right after optimizer step ``step``."""
+
+    def __init__(self, epoch: int | None = None, step: int | None = None) -> None:
+        self.epoch = epoch
+        self.step = step
+
+    def _armed(self) -> bool:
+        return os.environ.get("HAT_TEST_KILL") == "1"
+
+    def on_step_end(self, state: Any, batch: Any = None, outputs: Any = None) -> None:
+        if self._armed() and state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_epoch_end(self, state: Any) -> None:
+        if self._armed() and state.epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ToyEnginePlugin:
+    __name__ = "toy_engine"
+
+    @hookimpl
+    def hat_register(self, registry) -> None:
+        for cls in (ToyRegressionData, ToyRegressor, ToyMSE, KillSwitch):
+            registry.add(cls)
+
+    @hookimpl
+    def hat_tasks(self) -> list[TaskSpec]:
+        return [TaskSpec(name="toy", summary="engine test task", default_config="toy_engine", dataset="none")]
+
+    @hookimpl
+    def hat_configs(self) -> dict[str, Path]:
+        return {p.stem: p for p in CONFIG_DIR.glob("*.yaml")}
+
+
+def make_host() -> PluginHost:
+    return PluginHost(entry_points=False, extra=[(ToyEnginePlugin(), DIST)])
