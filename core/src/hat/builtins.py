@@ -38,6 +38,7 @@ def hat_register(registry) -> None:
     from hat.data import dataset, transforms
     from hat.engine import calibrator, converters, predictor, processors, trainer
     from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
+    from hat.quant import converters as quant_converters
 
     for name, obj in _torch_types():
         registry.add(obj, name)
@@ -55,5 +56,13 @@ def hat_register(registry) -> None:
         lr_updater,
         ema,
         freeze_bn,
+        quant_converters,
     ):
         registry.add_marked(module)
+
+
+@hookimpl
+def hat_quant_backends():
+    from hat.quant.backend import TorchNativeBackend
+
+    return {TorchNativeBackend.name: TorchNativeBackend}

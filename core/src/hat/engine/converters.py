@@ -28,6 +28,7 @@ class ConvertContext:
     stage: str = "float"
     qat_mode: str | None = None
     qconfig_params: dict[str, Any] = field(default_factory=dict)
+    quant_backend: str = "torch_native"
 
 
 class Converter(Protocol):
@@ -41,13 +42,21 @@ class ModelConvertPipeline:
         converters: Sequence[Converter] = (),
         qat_mode: str | None = None,
         qconfig_params: dict[str, Any] | None = None,
+        quant_backend: str = "torch_native",
     ) -> None:
         self.converters = list(converters)
         self.qat_mode = qat_mode
         self.qconfig_params = dict(qconfig_params or {})
+        self.quant_backend = quant_backend
 
     def __call__(self, model: torch.nn.Module, *, task: str = "TASK", stage: str = "float") -> torch.nn.Module:
-        context = ConvertContext(task=task, stage=stage, qat_mode=self.qat_mode, qconfig_params=self.qconfig_params)
+        context = ConvertContext(
+            task=task,
+            stage=stage,
+            qat_mode=self.qat_mode,
+            qconfig_params=self.qconfig_params,
+            quant_backend=self.quant_backend,
+        )
         for converter in self.converters:
             model = converter(model, context)
         return model

@@ -46,7 +46,8 @@ class EpochSampler(Sampler[int]):
         else:
             order = list(range(self.size))
         if self.pad and self.world > 1 and self.size % self.world:
-            order += order[: self.world - self.size % self.world]
+            extra = self.world - self.size % self.world  # may exceed size: repeat the order as needed
+            order += (order * -(-extra // self.size))[:extra]
         return order[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:

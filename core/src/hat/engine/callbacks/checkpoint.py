@@ -117,10 +117,11 @@ class Checkpoint(Callback):
         }
 
     def _prune(self, work_dir: Path, stage: str) -> None:
-        numbered = sorted(
-            (p for p in work_dir.glob(f"{stage}-checkpoint-*-*.pth.tar")),
-            key=lambda p: p.stat().st_mtime_ns,
-        )
+        def number(path: Path) -> int:  # "<stage>-checkpoint-epoch-12.pth.tar" -> 12
+            digits = path.name[: -len(".pth.tar")].rsplit("-", 1)[-1]
+            return int(digits) if digits.isdigit() else -1
+
+        numbered = sorted(work_dir.glob(f"{stage}-checkpoint-*-*.pth.tar"), key=number)
         for old in numbered[: max(0, len(numbered) - int(self.keep_n or 0))]:
             old.unlink()
 

@@ -1,0 +1,299 @@
+"""Make an exported Q/DQ graph look like onnxruntime's own quantizer output.
+
+onnxruntime's int8 fusions (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, int8
+MaxPool...) pattern-match the graphs its quantizer writes: int8 weight initializers
+feeding DequantizeLinear, int32 biases on the ``s_in * s_w`` grid, and a Q/DQ pair
+around every tensor that is int8 on the device. The TorchScript exporter writes the
+weight's QuantizeLinear and its scale arithmetic into the graph, keeps biases float,
+and leaves shape-only ops (Flatten, Reshape) between a DequantizeLinear and the
+compute that reads it. These passes close that gap, exactly: they only fold constants,
+re-express values that already lie on an int8/int32 grid, and insert requantizations
+with the scale a tensor already has.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from hat.deploy.constant_folding import fold_constants
+from hat.deploy.errors import ExportError
+from hat.deploy.node_names import module_path_of
+from hat.deploy.onnx_graph import (
+    DEQUANTIZE,
+    QUANTIZE,
+    GraphIndex,
+    all_names,
+    attribute,
+    drop_dead_nodes,
+    drop_unused_initializers,
+    replace_nodes,
+    unique_name,
+)
+
+#: A bias may miss the int32 grid by this many grid steps (plus float32 rounding).
+BIAS_GRID_TOLERANCE = 1e-3
+_INT32_MAX = 2**31 - 1
+
+#: Ops whose outputs are a selection or rearrangement of input values: an int8 input
+#: gives an int8 output on the same grid, so a Q/DQ with the input's scale is exact.
+_VALUE_PRESERVING = frozenset(
+    {
+        "MaxPool",
+        "GlobalMaxPool",
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Slice",
+        "Gather",
+        "Split",
+        "Identity",
+        "Expand",
+        "Tile",
+        "Resize",
+        "Pad",
+    }
+)
+
+
+def finalize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``model`` in place into onnxruntime-quantizer form, check it, and return it.
+
+    Raises :class:`ExportError` naming the node and module when a bias is not on the
+    int32 grid (the simulation did not round it) or the result fails ``onnx.checker``.
+    """
+    fold_constants(model)
+    fold_weight_transposes(model.graph)
+    quantize_biases(model.graph)
+    propagate_qdq(model.graph)
+    drop_dead_nodes(model.graph)
+    drop_unused_initializers(model.graph)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported int8 graph is not valid ONNX: {exc}") from exc
+    model.CopyFrom(inferred)
+    return model
+
+
+# -- weights -------------------------------------------------------------------------
+
+
+def fold_weight_transposes(graph: onnx.GraphProto) -> None:
+    """``Transpose(DQ(int8 W))`` -> ``DQ(int8 W^T)``, so MatMul reads its weight from a DQ.
+
+    The exporter writes ``F.linear`` on a batch of vectors as ``MatMul(x, Transpose(W))``;
+    onnxruntime only fuses a MatMul whose inputs come straight from DequantizeLinear.
+    """
+    index = GraphIndex(graph)
+    drop: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "Transpose":
+            continue
+        dq = index.dequantized_from(node.input[0])
+        if dq is None or len(index.consumers[dq.output[0]]) != 1 or dq.output[0] in index.graph_outputs:
+            continue
+        weight = index.constant(dq.input[0])
+        if weight is None or dq.input[0] not in index.initializers:
+            continue
+        perm = attribute(node, "perm") or list(reversed(range(weight.ndim)))
+        scale = index.constant(dq.input[1])
+        if scale is None:
+            continue
+        name = dq.input[0]
+        index.initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), name))
+        if scale.size > 1:
+            axis = int(attribute(dq, "axis", 1))
+            axis = axis % weight.ndim
+            _set_attribute(dq, "axis", list(perm).index(axis))
+        dq.output[0] = node.output[0]
+        drop.add(id(node))
+    if drop:
+        replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
+
+
+# -- biases --------------------------------------------------------------------------
+
+
+def quantize_biases(graph: onnx.GraphProto) -> None:
+    """Float biases of int8 Conv/Gemm/Linear-MatMul -> int32 initializers behind a DQ.
+
+    The runtime adds the bias in the int32 accumulator, so it must be an integer
+    multiple of ``s_in * s_w[c]``; the simulation rounds it there, and this pass
+    re-expresses it exactly (or refuses, naming the module, if it is off the grid).
+    """
+    index = GraphIndex(graph)
+    taken = all_names(graph)
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        target = _bias_site(node, index)
+        if target is None:
+            continue
+        consumer, slot, bias_name, in_scale, w_scale = target
+        bias = index.constant(bias_name)
+        if bias is None or bias.dtype.kind != "f" or bias.ndim != 1:
+            continue
+        channels = bias.shape[0]
+        if w_scale.size not in (1, channels):
+            continue
+        step = (np.float32(in_scale) * w_scale.astype(np.float32)).astype(np.float32).reshape(-1)
+        step = np.broadcast_to(step, (channels,)) if step.size == 1 and channels > 1 else step
+        quantized = _on_grid(bias.astype(np.float64), step.astype(np.float64), consumer)
+        base = node.name or bias_name
+        q_name = unique_name(taken, f"{bias_name}_quantized")
+        s_name = unique_name(taken, f"{bias_name}_quantized_scale")
+        z_name = unique_name(taken, f"{bias_name}_quantized_zero_point")
+        out_name = unique_name(taken, f"{bias_name}_dequantized")
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, q_name),
+                numpy_helper.from_array(np.ascontiguousarray(step, dtype=np.float32), s_name),
+                numpy_helper.from_array(np.zeros(step.shape, dtype=np.int32), z_name),
+            ]
+        )
+        dq = helper.make_node(DEQUANTIZE, [q_name, s_name, z_name], [out_name], name=unique_name(taken, f"{base}_bias_dq"), axis=0)
+        consumer.input[slot] = out_name
+        new_nodes.setdefault(id(consumer), []).append(dq)
+    if new_nodes:
+        ordered: list[onnx.NodeProto] = []
+        for node in graph.node:
+            ordered.extend(new_nodes.get(id(node), []))
+            ordered.append(node)
+        replace_nodes(graph, ordered)
+
+
+def _bias_site(
+    node: onnx.NodeProto, index: GraphIndex
+) -> tuple[onnx.NodeProto, int, str, np.ndarray, np.ndarray] | None:
+    """(node holding the bias, input slot, bias tensor, input scale, weight scale) or None."""
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+        scales = _int8_scales(node.input[0], node.input[1], index, weight_channel_axis=0)
+        return (node, 2, node.input[2], *scales) if scales else None
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        if attribute(node, "transA", 0) or float(attribute(node, "beta", 1.0)) != 1.0:
+            return None
+        if float(attribute(node, "alpha", 1.0)) != 1.0:
+            return None
+        axis = 0 if attribute(node, "transB", 0) else 1
+        scales = _int8_scales(node.input[0], node.input[1], index, weight_channel_axis=axis)
+        return (node, 2, node.input[2], *scales) if scales else None
+    if node.op_type == "MatMul":
+        consumers = index.consumers[node.output[0]]
+        if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in index.graph_outputs:
+            return None
+        add = consumers[0]
+        slot = 1 if add.input[0] == node.output[0] else 0
+        if not index.is_constant(add.input[slot]):
+            return None
+        scales = _int8_scales(node.input[0], node.input[1], index, weight_channel_axis=-1)
+        return (add, slot, add.input[slot], *scales) if scales else None
+    return None
+
+
+def _int8_scales(
+    x: str, w: str, index: GraphIndex, *, weight_channel_axis: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scales of an int8 activation and an int8 constant weight, or None if either is not."""
+    x_dq, w_dq = index.dequantized_from(x), index.dequantized_from(w)
+    if x_dq is None or w_dq is None:
+        return None
+    x_scale, w_scale = index.constant(x_dq.input[1]), index.constant(w_dq.input[1])
+    weight = index.constant(w_dq.input[0])
+    if x_scale is None or w_scale is None or weight is None or x_scale.size != 1:
+        return None
+    if w_scale.size > 1:
+        axis = int(attribute(w_dq, "axis", 1)) % weight.ndim
+        if axis != weight_channel_axis % weight.ndim:
+            return None
+    return x_scale.reshape(()), w_scale.reshape(-1)
+
+
+def _on_grid(bias: np.ndarray, step: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """``round(bias / step)`` as int32, after checking the bias was on that grid."""
+    ratio = bias / step
+    rounded = np.rint(ratio)
+    miss = np.abs(ratio - rounded)
+    allowed = BIAS_GRID_TOLERANCE + 1e-6 * np.abs(ratio)
+    if np.any(miss > allowed) or np.any(np.abs(rounded) > _INT32_MAX):
+        worst = int(np.argmax(miss - allowed))
+        raise ExportError(
+            f"the bias of {node.op_type} is not on the int32 grid s_in * s_w "
+            f"(channel {worst}: bias / step = {ratio[worst]:.4f})",
+            node=node.name,
+            module_path=module_path_of(node.name),
+            hint="export the quantized (calibration or QAT) model, whose biases the simulation rounds",
+        )
+    return rounded.astype(np.int32)
+
+
+# -- activations ---------------------------------------------------------------------
+
+
+def propagate_qdq(graph: onnx.GraphProto) -> None:
+    """Requantize the output of value-preserving ops that read an int8 tensor.
+
+    ``DQ -> MaxPool -> Flatten -> Gemm`` leaves Gemm reading a float tensor, so it
+    stays float; ``DQ -> MaxPool -> Q -> DQ -> Flatten -> Q -> DQ -> Gemm`` (same scale
+    throughout, which is exact since these ops only move values) fuses into int8
+    kernels, and onnxruntime drops the redundant pairs around the movement ops.
+    """
+    index = GraphIndex(graph)
+    taken = all_names(graph)
+    renamed: dict[str, str] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    ordered: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != QUANTIZE:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
+        ordered.append(node)
+        for name in node.output:
+            producer[name] = node
+        dq = producer.get(node.input[0]) if node.input else None
+        if dq is None or dq.op_type != DEQUANTIZE or not _propagates(node, dq, index):
+            continue
+        for name in node.output:
+            if not any(c.op_type != QUANTIZE for c in index.consumers.get(name, [])):
+                continue
+            q_out = unique_name(taken, f"{name}_quantized")
+            dq_out = unique_name(taken, f"{name}_requantized")
+            ordered.append(helper.make_node(QUANTIZE, [name, *dq.input[1:]], [q_out], name=unique_name(taken, f"{node.name}_q")))
+            second = helper.make_node(DEQUANTIZE, [q_out, *dq.input[1:]], [dq_out], name=unique_name(taken, f"{node.name}_dq"))
+            ordered.append(second)
+            producer[dq_out] = second
+            renamed[name] = dq_out
+    replace_nodes(graph, ordered)
+
+
+def _propagates(node: onnx.NodeProto, dq: onnx.NodeProto, index: GraphIndex) -> bool:
+    if node.op_type not in _VALUE_PRESERVING or node.domain not in ("", "ai.onnx"):
+        return False
+    scale = index.constant(dq.input[1])
+    if scale is None or scale.size != 1:
+        return False
+    if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+        return False
+    if node.op_type == "Resize" and attribute(node, "mode", b"nearest") not in (b"nearest", "nearest"):
+        return False
+    if node.op_type == "Pad":
+        mode = attribute(node, "mode", b"constant")
+        if mode in (b"constant", "constant") and len(node.input) > 2 and node.input[2]:
+            value = index.constant(node.input[2])
+            if value is None or np.any(value != 0):
+                return False
+    return True
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.i = value
+            return
+    node.attribute.append(helper.make_attribute(name, value))

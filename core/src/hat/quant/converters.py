@@ -1,0 +1,83 @@
+"""The stage converters of ``model_convert_pipeline``: Float2Calibration, Float2QAT, QAT2Quantize.
+
+They look up the quantization backend the pipeline names (``quant_backend``, default
+``torch_native``) and hand it the pipeline's ``qconfig_params``; what was left float is
+printed so that nothing is silently slower on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hat.console import info
+from hat.engine.converters import ConvertContext
+from hat.errors import ConfigError
+from hat.registry import register_type
+
+SUPPORTED_QAT_MODES = ("fuse_bn",)
+
+
+def _backend(context: ConvertContext):
+    from hat.plugins import get_host
+
+    backends = get_host().quant_backends.items
+    name = context.quant_backend
+    if name not in backends:
+        raise ConfigError(
+            f"unknown quantization backend {name!r}",
+            hint=f"installed: {', '.join(sorted(backends)) or 'none'}",
+        )
+    return backends[name]()
+
+
+def _check_mode(context: ConvertContext) -> None:
+    if context.qat_mode not in (None, *SUPPORTED_QAT_MODES):
+        raise ConfigError(
+            f"qat_mode {context.qat_mode!r} is not supported",
+            hint="use qat_mode: fuse_bn (conv + BatchNorm (+ ReLU) fused before quantizing)",
+        )
+
+
+def _announce(stage: str, report) -> None:
+    info(f"{stage}: {report.summary()}")
+
+
+@register_type("Float2Calibration")
+class Float2Calibration:
+    """Float model -> calibration model (observers in every activation quantizer)."""
+
+    def __init__(self, convert_mode: str | None = None) -> None:
+        # convert_mode (eager / fx in the reference recipes) is accepted for compatibility:
+        # HAT converts by module swapping whatever it says.
+        self.convert_mode = convert_mode
+
+    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+        _check_mode(context)
+        model, report = _backend(context).prepare_calibration(model, context.qconfig_params)
+        _announce("calibration", report)
+        return model
+
+
+@register_type("Float2QAT")
+class Float2QAT:
+    """Float model -> QAT model. Load the calibration checkpoint after this converter."""
+
+    def __init__(self, convert_mode: str | None = None) -> None:
+        self.convert_mode = convert_mode
+
+    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+        _check_mode(context)
+        model, report = _backend(context).prepare_qat(model, context.qconfig_params)
+        _announce("qat", report)
+        return model
+
+
+@register_type("QAT2Quantize")
+class QAT2Quantize:
+    """Calibration or QAT model -> fixed-point model (what export and validate use)."""
+
+    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+        try:
+            return _backend(context).convert_fixed(model)
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint=f"run `hat train {context.task} --stage calibration` first") from exc

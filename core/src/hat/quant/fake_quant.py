@@ -1,0 +1,212 @@
+"""Fake quantization: float tensors rounded to the int8 grid they will have on the device.
+
+Built on torch's stable primitives (``torch.fake_quantize_per_tensor_affine`` and
+``_per_channel_affine``), which export to ONNX QuantizeLinear/DequantizeLinear, so the
+simulation and the exported graph are the same arithmetic.
+
+Activations: int8 per tensor, symmetric (zero point 0, scale t/127), or, right after a
+ReLU, over [0, t] with zero point -128 (scale t/255): the quantizer's clamp then *is* the
+ReLU, which lets onnxruntime fuse Conv + Q into one int8 kernel. Weights: int8
+symmetric per output channel, scale amax/127 (values land in [-127, 127]).
+
+Every quantized activation is tagged with its (scale, zero point) as a tensor attribute,
+so the next layer can quantize its bias on the int32 grid the runtime uses
+(scale_in * scale_weight) and ops that only move data can keep the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hat.quant.observers import Observer, make_observer
+
+QMIN, QMAX = -128, 127
+_TAG = "_hat_qparams"
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: float
+    zero_point: int
+
+
+def tag(tensor: torch.Tensor, qparams: QParams | None) -> torch.Tensor:
+    """Remember that ``tensor`` holds values on the grid of ``qparams``."""
+    setattr(tensor, _TAG, qparams)
+    return tensor
+
+
+def qparams_of(tensor: torch.Tensor) -> QParams | None:
+    """The grid ``tensor`` is on, if a quantizer produced it."""
+    return getattr(tensor, _TAG, None)
+
+
+def fake_quant(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    return torch.fake_quantize_per_tensor_affine(x, qparams.scale, qparams.zero_point, QMIN, QMAX)
+
+
+class ActFakeQuant(torch.nn.Module):
+    """An activation quantizer with its calibration observer and QAT behaviour.
+
+    Modes: while *calibrating* it only observes and passes values through in float; once
+    calibrated it fake-quantizes with the frozen ``scale``. In training (QAT),
+    ``averaging_constant`` c moves the range toward each batch's (c = 0 keeps the
+    calibrated scale, c = 1 takes the current tensor's); ``learnable`` makes the scale a
+    parameter trained with the weights (LSQ-style gradients from torch's op).
+    """
+
+    def __init__(
+        self,
+        observer: Observer | None = None,
+        *,
+        unsigned: bool = False,
+        upper_bound: float | None = None,
+        averaging_constant: float = 0.0,
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant must be in [0, 1], got {averaging_constant}")
+        self.observer = observer or make_observer("min_max")
+        self.unsigned = unsigned
+        self.upper_bound = upper_bound
+        self.averaging_constant = averaging_constant
+        self.learnable = learnable
+        self.calibrating = False
+        self.enabled = True
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(QMIN if unsigned else 0, dtype=torch.int32))
+        self.register_buffer("calibrated", torch.tensor(False))
+        #: Set for QAT straight from float: the first training batch sets the range.
+        self.init_from_data = False
+
+    # -- state ------------------------------------------------------------------------------
+    def set_calibrating(self, on: bool) -> None:
+        """Called by the calibrator around its batches; leaving it freezes the scale."""
+        self.calibrating = on
+        if not on and self.observer.has_data:
+            self.set_threshold(self.observer.threshold(self.unsigned))
+
+    @torch.no_grad()
+    def set_threshold(self, threshold: float) -> None:
+        if self.upper_bound is not None:
+            threshold = min(threshold, self.upper_bound)
+        threshold = max(threshold, 1e-8)
+        self.scale.fill_(threshold / (255.0 if self.unsigned else 127.0))
+        self.calibrated.fill_(True)
+
+    def enable_learning(self) -> None:
+        """Make the scale a trainable parameter (QAT with learned scales).
+
+        The parameter keeps the buffer's name, so checkpoints of calibrated and of
+        learned-scale models have the same keys.
+        """
+        if isinstance(self.scale, torch.nn.Parameter):
+            return
+        value = self.scale.detach().clone()
+        del self._buffers["scale"]
+        self.scale = torch.nn.Parameter(value)
+        self.learnable = True
+
+    @property
+    def quantizing(self) -> bool:
+        """Whether forward rounds to the grid (not while calibrating or disabled)."""
+        return self.enabled and not self.calibrating and bool(self.calibrated)
+
+    def qparams(self) -> QParams:
+        return QParams(float(self.scale), int(self.zero_point))
+
+    def threshold(self) -> float:
+        return float(self.scale) * (255.0 if self.unsigned else 127.0)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.observer(x)
+            return tag(x, None)
+        if self.init_from_data and self.training and not bool(self.calibrated):
+            self._track_first(x)
+        if not self.quantizing:
+            return tag(x, None)
+        if self.training and self.averaging_constant > 0 and not self.learnable:
+            self._track(x)
+        if self.learnable and self.training:
+            y = torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.scale, self.zero_point.float(), QMIN, QMAX, 1.0 / (x.numel() * QMAX) ** 0.5
+            )
+            with torch.no_grad():
+                self.scale.clamp_(min=1e-8)
+            return tag(y, self.qparams())
+        params = self.qparams()
+        return tag(fake_quant(x, params), params)
+
+    def _current(self, x: torch.Tensor) -> float:
+        return float(x.detach().clamp(min=0).max()) if self.unsigned else float(x.detach().abs().max())
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor) -> None:
+        c = self.averaging_constant
+        self.set_threshold((1 - c) * self.threshold() + c * self._current(x))
+
+    def _track_first(self, x: torch.Tensor) -> None:
+        self.set_threshold(self._current(x))
+
+    def extra_repr(self) -> str:
+        kind = "unsigned [0,t], zp -128" if self.unsigned else "symmetric"
+        return f"{kind}, observer={type(self.observer).__name__}, scale={float(self.scale):.6g}"
+
+
+class WeightFakeQuant(torch.nn.Module):
+    """Per-output-channel symmetric int8 weights.
+
+    ``averaging_constant`` 1 (default) recomputes the scales from the current weights at
+    every forward (weights change in QAT); 0 keeps the scales computed at conversion.
+    """
+
+    def __init__(self, num_channels: int, axis: int = 0, averaging_constant: float = 1.0) -> None:
+        super().__init__()
+        self.axis = axis
+        self.averaging_constant = averaging_constant
+        self.register_buffer("scale", torch.ones(num_channels))
+        self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32))
+        #: Set by QAT2Quantize: the scales no longer follow the weights.
+        self.frozen = False
+
+    @torch.no_grad()
+    def reset_scale(self, weight: torch.Tensor) -> None:
+        """Scales from ``weight`` itself (at conversion, and before export)."""
+        self.scale.copy_(self._amax(weight) / 127.0)
+
+    @torch.no_grad()
+    def _track(self, weight: torch.Tensor) -> None:
+        c = self.averaging_constant
+        self.scale.copy_((1 - c) * self.scale + c * self._amax(weight) / 127.0)
+
+    def _amax(self, weight: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(weight.dim()) if d != self.axis]
+        return weight.detach().abs().amax(dim=dims).float().clamp(min=1e-8)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.frozen:
+            if self.averaging_constant >= 1.0:
+                self.reset_scale(weight)
+            elif self.averaging_constant > 0 and self.training:
+                self._track(weight)
+        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, QMIN, QMAX)
+
+
+def quantize_bias(
+    bias: torch.Tensor | None, input_q: QParams | None, weight_scale: torch.Tensor
+) -> torch.Tensor | None:
+    """Round a bias to the int32 grid scale_in * scale_weight[c] that the runtime adds.
+
+    Straight-through: the forward value is rounded, the gradient passes unchanged.
+    Without a quantized input there is no grid, and the bias stays float.
+    """
+    if bias is None or input_q is None:
+        return bias
+    step = (input_q.scale * weight_scale.detach()).to(bias.dtype)
+    rounded = torch.round(bias / step) * step
+    return bias + (rounded - bias).detach()

@@ -1,0 +1,153 @@
+"""Turning a float model into its quantized simulation, and saying what stays float.
+
+Module swapping, not graph tracing: models mark their boundaries (QuantStub,
+DeQuantStub, FloatFunctional) and are built from ordinary modules, so conversion works
+on any forward, including Python control flow, and the result keeps the model's own
+structure. Everything that is neither converted nor a container is listed in the
+report with the reason it stays float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hat.quant import qmodules as Q
+from hat.quant.fuse import ACTS, NORMS, WEIGHTED, Fused, find_and_fuse
+from hat.quant.qconfig import QConfig
+from hat.quant.stubs import DeQuantStub, FloatFunctional, QuantStub
+
+TRANSPARENT = (
+    torch.nn.MaxPool2d,
+    torch.nn.MaxPool1d,
+    torch.nn.PixelShuffle,
+    torch.nn.PixelUnshuffle,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+    torch.nn.Dropout,
+    torch.nn.Identity,
+)
+NEW_VALUES = (
+    torch.nn.AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.Sigmoid,
+)
+#: Float-only ops, with why (onnxruntime's CPU provider has no int8 kernel for them).
+FLOAT_REASONS = {
+    torch.nn.LayerNorm: "LayerNorm has no int8 kernel; it stays float",
+    torch.nn.Softmax: "Softmax has no int8 kernel; it stays float",
+    torch.nn.GELU: "GELU has no int8 kernel; it stays float",
+    torch.nn.SiLU: "SiLU/Swish has no int8 kernel; use ReLU for an all-int8 model",
+    torch.nn.Hardswish: "Hardswish has no int8 kernel; it stays float",
+    torch.nn.MultiheadAttention: "nn.MultiheadAttention is not converted; build attention from Linear + "
+    "FloatFunctional.matmul to quantize it",
+}
+
+
+@dataclass
+class ConversionReport:
+    """What the converter did: quantized module paths and those left float, with reasons."""
+
+    quantized: list[tuple[str, str]] = field(default_factory=list)
+    left_float: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{len(self.quantized)} modules quantized, {len(self.left_float)} left float"]
+        lines += [f"  float: {path} ({kind}): {reason}" for path, kind, reason in self.left_float]
+        return "\n".join(lines)
+
+
+def convert(model: torch.nn.Module, qconfig: QConfig) -> tuple[torch.nn.Module, ConversionReport]:
+    """Fold BatchNorms, then swap every supported module for its quantized form."""
+    if isinstance(model, Q.QModule) or any(isinstance(m, Q.QModule) for m in model.modules()):
+        raise ValueError("the model is already quantized; convert a float model")
+    groups = find_and_fuse(model)
+    report = ConversionReport()
+    model = _swap(model, "", groups, qconfig, report)
+    return model, report
+
+
+def _swap(module: torch.nn.Module, path: str, groups, qconfig: QConfig, report: ConversionReport) -> torch.nn.Module:
+    replacement = _replacement(module, path, groups, qconfig, report)
+    if replacement is not None:
+        return replacement
+    for name, child in list(module.named_children()):
+        setattr(module, name, _swap(child, f"{path}.{name}" if path else name, groups, qconfig, report))
+    return module
+
+
+def _replacement(module, path, groups, qconfig: QConfig, report: ConversionReport):
+    kind = type(module).__name__
+    if isinstance(module, Fused):
+        return None
+    if isinstance(module, QuantStub):
+        report.quantized.append((path, kind))
+        return Q.QuantInput(qconfig.act_quant())
+    if isinstance(module, DeQuantStub):
+        return Q.QDequant()
+    if isinstance(module, FloatFunctional):
+        report.quantized.append((path, kind))
+        return Q.QFunctional(qconfig.act_quant())
+    if isinstance(module, WEIGHTED):
+        group = groups[id(module)]
+        unsigned = group.act is not None
+        upper = 6.0 if group.act == "relu6" else None
+        out = qconfig.act_quant(unsigned=unsigned, upper_bound=upper)
+        cls = {torch.nn.Conv2d: Q.QConv2d, torch.nn.ConvTranspose2d: Q.QConvTranspose2d, torch.nn.Linear: Q.QLinear}[
+            type(module)
+        ]
+        report.quantized.append((path, kind + (f"+{group.act}" if group.act else "")))
+        if cls is Q.QConvTranspose2d and not Q.rewritable_as_conv(module):
+            report.left_float.append(
+                (
+                    path,
+                    kind,
+                    "runs as a float ConvTranspose in onnxruntime: only kernel - 2*padding + "
+                    "output_padding == stride (square, ungrouped) has the exact int8 conv + depth-to-space rewrite",
+                )
+            )
+        return cls(module, group.act, out, qconfig.weight_averaging_constant)
+    if type(module) in ACTS:
+        report.quantized.append((path, kind))
+        upper = 6.0 if isinstance(module, torch.nn.ReLU6) else None
+        return Q.QWithOutput(module, qconfig.act_quant(unsigned=True, upper_bound=upper))
+    if isinstance(module, TRANSPARENT):
+        return Q.QTransparent(module)
+    if isinstance(module, NEW_VALUES):
+        report.quantized.append((path, kind))
+        return Q.QWithOutput(module, qconfig.act_quant())
+    if isinstance(module, torch.nn.Upsample):
+        if module.mode == "nearest":
+            return Q.QTransparent(module)
+        report.quantized.append((path, kind))
+        return Q.QWithOutput(module, qconfig.act_quant())
+    if isinstance(module, NORMS):
+        report.left_float.append((path, kind, "BatchNorm not preceded by a conv/linear cannot be folded"))
+        return module
+    for float_type, reason in FLOAT_REASONS.items():
+        if isinstance(module, float_type):
+            report.left_float.append((path, kind, reason))
+            return module
+    return None
+
+
+def quantizers(model: torch.nn.Module):
+    """Every activation quantizer in a converted model."""
+    from hat.quant.fake_quant import ActFakeQuant
+
+    return [m for m in model.modules() if isinstance(m, ActFakeQuant)]
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """The fixed-point model: every quantized module in its frozen form, eval mode."""
+    uncalibrated = [name for name, m in model.named_modules() if hasattr(m, "calibrated") and not bool(m.calibrated)]
+    if uncalibrated:
+        raise ValueError(
+            f"{len(uncalibrated)} quantizer(s) were never calibrated, e.g. {', '.join(uncalibrated[:3])}: "
+            "run calibration (or QAT) before converting to fixed point"
+        )
+    for module in model.modules():
+        if isinstance(module, Q.QModule):
+            module.freeze()
+    return model.eval()

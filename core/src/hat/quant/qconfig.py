@@ -1,0 +1,68 @@
+"""Quantization settings, as the reference recipes write them in ``qconfig_params``.
+
+``activation_calibration_observer`` (min_max | percentile | mse) with
+``activation_calibration_qkwargs`` (e.g. ``{percentile: 99.975}``);
+``activation_qat_qkwargs`` (``averaging_constant``: 0 keeps the calibrated scale, 1
+takes each batch's range; ``learnable: true`` trains the scales);
+``weight_qat_qkwargs`` (``averaging_constant``: 1 recomputes weight scales from the
+current weights, 0 keeps those computed at conversion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hat.quant.fake_quant import ActFakeQuant
+from hat.quant.observers import OBSERVERS, make_observer
+
+KNOWN_KEYS = {
+    "activation_calibration_observer",
+    "activation_calibration_qkwargs",
+    "activation_qat_qkwargs",
+    "weight_qat_qkwargs",
+}
+
+
+@dataclass
+class QConfig:
+    observer: str = "min_max"
+    observer_kwargs: dict[str, Any] = field(default_factory=dict)
+    act_averaging_constant: float = 0.0
+    act_learnable: bool = False
+    weight_averaging_constant: float = 1.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> QConfig:
+        params = dict(params or {})
+        unknown = set(params) - KNOWN_KEYS
+        if unknown:
+            raise ValueError(f"unknown qconfig_params key(s) {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
+        observer = params.get("activation_calibration_observer", "min_max")
+        if observer not in OBSERVERS:
+            raise ValueError(f"activation_calibration_observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+        act_qat = dict(params.get("activation_qat_qkwargs") or {})
+        weight_qat = dict(params.get("weight_qat_qkwargs") or {})
+        for name, kwargs, allowed in (
+            ("activation_qat_qkwargs", act_qat, {"averaging_constant", "learnable"}),
+            ("weight_qat_qkwargs", weight_qat, {"averaging_constant"}),
+        ):
+            extra = set(kwargs) - allowed
+            if extra:
+                raise ValueError(f"unknown {name} key(s) {sorted(extra)}; known: {sorted(allowed)}")
+        return cls(
+            observer=observer,
+            observer_kwargs=dict(params.get("activation_calibration_qkwargs") or {}),
+            act_averaging_constant=float(act_qat.get("averaging_constant", 0.0)),
+            act_learnable=bool(act_qat.get("learnable", False)),
+            weight_averaging_constant=float(weight_qat.get("averaging_constant", 1.0)),
+        )
+
+    def act_quant(self, *, unsigned: bool = False, upper_bound: float | None = None) -> ActFakeQuant:
+        return ActFakeQuant(
+            make_observer(self.observer, **self.observer_kwargs),
+            unsigned=unsigned,
+            upper_bound=upper_bound,
+            averaging_constant=self.act_averaging_constant,
+        )

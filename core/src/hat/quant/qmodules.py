@@ -1,0 +1,283 @@
+"""Quantized modules: what the converter swaps float modules for.
+
+Each keeps the float module it wraps (its parameters become ``<name>.module.weight``;
+float checkpoints are loaded before conversion), a weight quantizer where it has
+weights, and an output quantizer. The same classes serve calibration, QAT and the fixed-point model:
+:meth:`QModule.freeze` turns them into the fixed-point form (weights and biases as
+constants already on the int8/int32 grid), which is what export traces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hat.quant.fake_quant import (
+    ActFakeQuant,
+    QParams,
+    WeightFakeQuant,
+    fake_quant,
+    qparams_of,
+    quantize_bias,
+    tag,
+)
+
+#: Fused activations: the float function, and the upper bound the quantizer clamps to.
+ACTIVATIONS = {"relu": (torch.relu, None), "relu6": (F.relu6, 6.0)}
+
+
+class QModule(torch.nn.Module):
+    """Base: ``frozen`` switches to the fixed-point form built by ``freeze``."""
+
+    frozen: bool = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+
+class QuantInput(QModule):
+    """Replaces QuantStub: the model input's quantizer."""
+
+    def __init__(self, quant: ActFakeQuant) -> None:
+        super().__init__()
+        self.quant = quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant(x)
+
+
+class QDequant(QModule):
+    """Replaces DeQuantStub: from here on, values are float (the tag is dropped)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tag(x.view_as(x), None)
+
+
+class _Weighted(QModule):
+    """Shared by conv, transposed conv and linear: weight, bias and output quantization.
+
+    ``input_scale`` remembers the grid of the last quantized input (it is stored in
+    checkpoints), so ``freeze`` can put the bias on the int32 grid without a forward.
+    """
+
+    weight_axis = 0
+
+    def __init__(self, module: torch.nn.Module, act: str | None, out_quant: ActFakeQuant, weight_averaging: float):
+        super().__init__()
+        if act is not None and act not in ACTIVATIONS:
+            raise ValueError(f"unsupported fused activation {act!r}")
+        self.module = module
+        self.act = act
+        self.out_quant = out_quant
+        channels = module.weight.shape[self.weight_axis]
+        self.weight_quant = WeightFakeQuant(channels, self.weight_axis, weight_averaging)
+        self.weight_quant.reset_scale(module.weight)
+        self.register_buffer("input_scale", torch.tensor(0.0))
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _input_qparams(self, x: torch.Tensor) -> QParams | None:
+        q = qparams_of(x)
+        if q is not None and not self.frozen:
+            with torch.no_grad():
+                self.input_scale.fill_(q.scale)
+        return q
+
+    def _bias_scale(self) -> torch.Tensor:
+        """Per-output-channel weight scale, aligned with the bias."""
+        return self.weight_quant.scale
+
+    def _quantized_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_q = self._input_qparams(x)
+        weight = self.weight_quant(self.module.weight)
+        return weight, quantize_bias(self.module.bias, input_q, self._bias_scale())
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        if self.act is not None and not self.out_quant.quantizing:
+            y = ACTIVATIONS[self.act][0](y)  # once quantizing, the quantizer's clamp is the activation
+        return self.out_quant(y)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Weights and bias become constants on their grids; scales stop moving."""
+        self.weight_quant.frozen = True
+        weight = self.weight_quant(self.module.weight).detach()
+        known = float(self.input_scale) > 0
+        input_q = QParams(float(self.input_scale), 0) if known else None
+        bias = quantize_bias(self.module.bias, input_q, self._bias_scale())
+        self.register_buffer("frozen_weight", weight, persistent=False)
+        self.register_buffer("frozen_bias", None if bias is None else bias.detach(), persistent=False)
+        super().freeze()
+
+    def extra_repr(self) -> str:
+        return f"act={self.act}"
+
+
+class QConv2d(_Weighted):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.module
+        if self.frozen:
+            self._input_qparams(x)
+            weight = self._constant_weight(self.frozen_weight, self.weight_quant.scale)
+            return self._finish(conv._conv_forward(x, weight, self.frozen_bias))
+        weight, bias = self._quantized_params(x)
+        return self._finish(conv._conv_forward(x, weight, bias))
+
+    @staticmethod
+    def _constant_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """A constant already on the grid, fake-quantized again so export writes Q/DQ
+        (the exporter's post-pass folds that into an int8 initializer)."""
+        zeros = torch.zeros(scale.shape, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zeros, 0, -128, 127)
+
+
+class QLinear(_Weighted):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            self._input_qparams(x)
+            weight = QConv2d._constant_weight(self.frozen_weight, self.weight_quant.scale)
+            return self._finish(F.linear(x, weight, self.frozen_bias))
+        weight, bias = self._quantized_params(x)
+        return self._finish(F.linear(x, weight, bias))
+
+
+class QConvTranspose2d(_Weighted):
+    """Transposed conv, per-output-channel weights (axis 1 of its weight).
+
+    onnxruntime's CPU provider has no int8 ConvTranspose, but a transposed conv with
+    ``kernel - 2 * padding + output_padding == stride`` is exactly a conv with
+    ``stride**2`` times the channels followed by depth-to-space. The frozen form
+    computes it that way, so the exported graph is Conv + DepthToSpace, both int8.
+    """
+
+    weight_axis = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deconv = self.module
+        if self.frozen and self.as_conv is not None:
+            self._input_qparams(x)
+            weight, bias, padding = self.as_conv
+            y = F.conv2d(x, QConv2d._constant_weight(weight, self.conv_weight_scale), bias, padding=padding)
+            y = self._finish(y)
+            params = qparams_of(y)
+            y = F.pixel_shuffle(y, deconv.stride[0])
+            return y if params is None else tag(fake_quant(y, params), params)
+        if self.frozen:
+            self._input_qparams(x)
+            weight, bias = self.frozen_weight, self.frozen_bias
+        else:
+            weight, bias = self._quantized_params(x)
+        y = F.conv_transpose2d(
+            x, weight, bias, deconv.stride, deconv.padding, deconv.output_padding, deconv.groups, deconv.dilation
+        )
+        return self._finish(y)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        super().freeze()
+        deconv = self.module
+        self.as_conv = None
+        if rewritable_as_conv(deconv):
+            weight, bias, padding = deconv_as_conv(
+                self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0], deconv.output_padding[0]
+            )
+            self.as_conv = (weight, bias, padding)
+            self.register_buffer(
+                "conv_weight_scale", self.weight_quant.scale.repeat_interleave(deconv.stride[0] ** 2), persistent=False
+            )
+
+
+def rewritable_as_conv(deconv: torch.nn.ConvTranspose2d) -> bool:
+    """Whether the exact conv + depth-to-space rewrite applies (square, ungrouped)."""
+    s, k, p, op = deconv.stride, deconv.kernel_size, deconv.padding, deconv.output_padding
+    return (
+        deconv.groups == 1
+        and deconv.dilation == (1, 1)
+        and s[0] == s[1]
+        and k[0] == k[1]
+        and p[0] == p[1]
+        and op[0] == op[1]
+        and k[0] - 2 * p[0] + op[0] == s[0]
+    )
+
+
+def deconv_as_conv(
+    weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int, output_padding: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Weights of the conv whose depth-to-space equals the transposed conv.
+
+    A transposed conv writes ``y[s*i - p + t] += x[i] * w[t]``. For output phase
+    ``a = o mod s`` and ``o = s*q + a`` that is ``y_a[q] = sum_j x[q + j] * w[a + p - s*j]``:
+    a correlation with taps ``j`` for which ``0 <= a + p - s*j < k``. Stacking the ``s*s``
+    phases as channels ``c*s*s + a*s + b`` (PixelShuffle's order) gives one conv.
+    Returns (weight [Cout*s*s, Cin, K, K], bias, padding).
+    """
+    cin, cout, k, _ = weight.shape
+    s, p = stride, padding
+    taps = {a: [j for j in range(-k, k + 1) if 0 <= a + p - s * j < k] for a in range(s)}
+    j_min = min(min(v) for v in taps.values())
+    j_max = max(max(v) for v in taps.values())
+    size = j_max - j_min + 1
+    conv_w = weight.new_zeros(cout, s, s, cin, size, size)
+    for a in range(s):
+        for b in range(s):
+            for jy in taps[a]:
+                for jx in taps[b]:
+                    conv_w[:, a, b, :, jy - j_min, jx - j_min] = weight[:, :, a + p - s * jy, b + p - s * jx].t()
+    conv_w = conv_w.reshape(cout * s * s, cin, size, size)
+    conv_b = None if bias is None else bias.repeat_interleave(s * s)
+    if -j_min != j_max:  # asymmetric taps: pad on both sides and crop (not needed for k - 2p == s)
+        raise ValueError("asymmetric transposed-conv rewrite is not supported")
+    return conv_w, conv_b, -j_min
+
+
+class QFunctional(QModule):
+    """Replaces FloatFunctional: the op in float, then its own output quantizer."""
+
+    def __init__(self, out_quant: ActFakeQuant) -> None:
+        super().__init__()
+        self.out_quant = out_quant
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.out_quant(torch.add(a, b))
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.out_quant(torch.mul(a, b))
+
+    def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+        return self.out_quant(torch.cat(list(tensors), dim=dim))
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.out_quant(torch.matmul(a, b))
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("call .add / .mul / .cat / .matmul on a FloatFunctional, not the module itself")
+
+
+class QTransparent(QModule):
+    """An op that only moves or selects values (max-pool, depth-to-space, nearest
+    resize, reshape): its output stays on its input's grid, re-marked with the same
+    scale so onnxruntime runs the op on int8 data."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = qparams_of(x)
+        y = self.module(x)
+        return y if params is None else tag(fake_quant(y, params), params)
+
+
+class QWithOutput(QModule):
+    """An op that makes new values (average pool, sigmoid, a standalone ReLU, bilinear
+    resize): run in float, then quantized by its own output quantizer."""
+
+    def __init__(self, module: torch.nn.Module, out_quant: ActFakeQuant) -> None:
+        super().__init__()
+        self.module = module
+        self.out_quant = out_quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_quant(self.module(x))
