@@ -3,24 +3,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from hat.plugins import PluginHost, set_host
-
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def toy_engine_host() -> Iterator[PluginHost]:
-    from tests.engine.toy_task import make_host
-
-    host = make_host()
-    previous = set_host(host)
-    yield host
-    set_host(previous)
 
 
 def run_toy(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -46,9 +46,11 @@ def test_float_then_calibration_then_predict(toy_engine_host, capsys, tmp_path: 
     code, out, err = hat(capsys, "train", "toy", "--stage", "calibration", "--work-dir", work)
     assert code == 0, err
     calib = load_checkpoint(tmp_path / "w" / "calibration-checkpoint-best.pth.tar")
-    assert calib["stage"] == "calibration" and calib["global_step"] == 3
-    for key, value in best["model"].items():  # no quantizer yet: calibration must not change weights
-        assert torch.equal(value, calib["model"][key]), key
+    assert calib["stage"] == "calibration" and calib["global_step"] == 4
+    # the calibration model holds the float weights (BN-free Linear: unchanged) plus its quantizer scales
+    assert torch.equal(calib["model"]["body.0.module.weight"], best["model"]["body.0.weight"])
+    assert calib["model"]["body.0.out_quant.calibrated"] and calib["model"]["body.0.out_quant.scale"] > 0
+    assert calib["metrics"]["mse"] <= 1.05 * best["metrics"]["mse"]
 
     code, out, err = hat(capsys, "predict", "toy", "--stage", "float", "--work-dir", work)
     assert code == 0, err
@@ -71,7 +73,9 @@ def test_missing_prerequisite_fails_before_work(toy_engine_host, capsys, tmp_pat
 
 
 def test_stage_without_runner_lists_what_exists(toy_engine_host, capsys, tmp_path: Path) -> None:
-    code, _, err = hat(capsys, "train", "toy", "--stage", "qat", "--work-dir", str(tmp_path))
+    partial = tmp_path / "float_only.yaml"
+    partial.write_text("float_trainer: {type: distributed_data_parallel_trainer}\n")
+    code, _, err = hat(capsys, "train", "toy", "--config", str(partial), "--stage", "qat", "--work-dir", str(tmp_path))
     assert code == 2 and "qat_trainer" in err and "float_trainer" in err
     code, _, err = hat(capsys, "train", "toy", "--stage", "int_infer", "--work-dir", str(tmp_path))
     assert code == 2 and "cannot train stage 'int_infer'" in err
@@ -98,7 +102,7 @@ def test_same_seed_same_weights(toy_engine_host, capsys, tmp_path: Path) -> None
         "seed=4",
     )
     other = load_checkpoint(tmp_path / "c" / "float-checkpoint-last.pth.tar")["model"]
-    assert not torch.equal(weights[0]["fc1.weight"], other["fc1.weight"])
+    assert not torch.equal(weights[0]["body.0.weight"], other["body.0.weight"])
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(toy_engine_host, capsys, tmp_path: Path) -> None:
@@ -123,7 +127,7 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(toy_engine_host, capsy
     code, _, err = hat(capsys, "predict", "toy", "--work-dir", str(tmp_path))
     assert code == 2 and "HAT never loads code" in " ".join(err.split())
 
-    torch.save({"fc1.weight": torch.zeros(3, 3)}, tmp_path / "float-checkpoint-best.pth.tar")
+    torch.save({"body.0.weight": torch.zeros(3, 3)}, tmp_path / "float-checkpoint-best.pth.tar")
     code, _, err = hat(capsys, "predict", "toy", "--work-dir", str(tmp_path))
     flat = " ".join(err.split())
     assert code == 2 and "does not fit the model" in flat and "shape mismatch" in flat

@@ -17,6 +17,7 @@ import torch
 from hat.engine.callbacks.base import Callback
 from hat.metrics import Metric
 from hat.plugins import PluginHost, TaskSpec, hookimpl
+from hat.quant import DeQuantStub, QuantStub
 from hat.registry import register_type
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -42,22 +43,28 @@ class ToyRegressionData(torch.utils.data.Dataset):
 
 @register_type("ToyRegressor")
 class ToyRegressor(torch.nn.Module):
-    """Linear-ReLU-Linear; returns predictions and an MSE loss when targets are given.
+    """QuantStub, Linear-(BN)-ReLU, Linear, DeQuantStub; MSE loss when targets are given.
 
-    ``nan_at_step`` makes the loss NaN from that training forward on (for the
-    non-finite-loss test); ``use_bn`` adds a BatchNorm for SyncBatchNorm tests.
+    Quantization boundaries are marked so every stage (calibration, QAT, export,
+    int_infer) runs on it for real. ``nan_at_step`` makes the loss NaN from that training
+    forward on (the non-finite-loss test); ``use_bn`` adds a BatchNorm (SyncBatchNorm
+    and BN-folding tests).
     """
 
     def __init__(self, dim: int = 4, hidden: int = 16, use_bn: bool = False, nan_at_step: int | None = None) -> None:
         super().__init__()
-        self.fc1 = torch.nn.Linear(dim, hidden)
-        self.bn = torch.nn.BatchNorm1d(hidden) if use_bn else torch.nn.Identity()
-        self.fc2 = torch.nn.Linear(hidden, 1)
+        self.quant = QuantStub()
+        layers = [torch.nn.Linear(dim, hidden)]
+        if use_bn:
+            layers.append(torch.nn.BatchNorm1d(hidden))
+        self.body = torch.nn.Sequential(*layers, torch.nn.ReLU())
+        self.head = torch.nn.Linear(hidden, 1)
+        self.dequant = DeQuantStub()
         self.nan_at_step = nan_at_step
         self.train_forwards = 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pred = self.fc2(torch.relu(self.bn(self.fc1(batch["x"]))))
+        pred = self.dequant(self.head(self.body(self.quant(batch["x"]))))
         out = {"pred": pred}
         if "y" in batch:
             loss = torch.nn.functional.mse_loss(pred, batch["y"])

@@ -36,8 +36,10 @@ def _torch_types() -> list[tuple[str, type]]:
 @hookimpl
 def hat_register(registry) -> None:
     from hat.data import dataset, transforms
+    from hat.deploy import onnx_predictor
     from hat.engine import calibrator, converters, predictor, processors, trainer
     from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
+    from hat.models import efficientnet
     from hat.quant import converters as quant_converters
 
     for name, obj in _torch_types():
@@ -57,6 +59,8 @@ def hat_register(registry) -> None:
         ema,
         freeze_bn,
         quant_converters,
+        efficientnet,
+        onnx_predictor,
     ):
         registry.add_marked(module)
 
@@ -66,3 +70,10 @@ def hat_quant_backends():
     from hat.quant.backend import TorchNativeBackend
 
     return {TorchNativeBackend.name: TorchNativeBackend}
+
+
+@hookimpl
+def hat_compile_backends():
+    from hat.deploy.ort_backend import OnnxRuntimeBackend
+
+    return {OnnxRuntimeBackend.name: OnnxRuntimeBackend}

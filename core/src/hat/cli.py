@@ -249,12 +249,12 @@ def train_command(
 @app.command("predict")
 def predict_command(
     task: TaskArg,
-    stage: Annotated[str, typer.Option("--stage", help="float, calibration or qat.")] = "float",
+    stage: Annotated[str, typer.Option("--stage", help="float, calibration, qat or int_infer.")] = "float",
     config: ConfigOption = None,
     overrides: SetOption = None,
     work_dir: WorkDirOption = None,
 ) -> None:
-    """Evaluate a stage's model; writes <work-dir>/predict/<stage>.json."""
+    """Evaluate a stage's model (int_infer: the exported ONNX in onnxruntime); writes predict/<stage>.json."""
     from hat import stages
     from hat.engine import distributed
 
@@ -281,6 +281,125 @@ def calops_command(
         console.out.print_json(json.dumps(report.to_dict()))
     else:
         console.out.print(report.render_table())
+
+
+# -- hat export / compile / check / validate ---------------------------------------------------
+
+QuantStageOption = Annotated[
+    Optional[str], typer.Option("--stage", help="calibration or qat (default: the newer checkpoint).")
+]
+OptOption = Annotated[Optional[int], typer.Option("--opt", min=0, max=3, help="onnxruntime optimization level 0-3.")]
+
+
+@app.command("export")
+def export_command(
+    task: TaskArg,
+    stage: QuantStageOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Fixed-point model -> export/model.onnx (int8 QDQ), model.float.onnx, export.json."""
+    from hat.deploy import commands
+
+    exported = commands.export(_stage_config(task, config, overrides, work_dir), stage)
+    info = exported.info
+    console.out.print(
+        f"exported the {exported.stage} model to {exported.onnx_path} "
+        f"({info['int8_initializers']} int8 and {info['int32_initializers']} int32 initializers, "
+        f"{len(info['activations'])} quantized activations) and {exported.float_path}"
+    )
+
+
+@app.command("compile")
+def compile_command(
+    task: TaskArg,
+    opt: OptOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Intra-op threads (default 1).")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", min=1, help="Timed runs after warm-up.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Optimize the exported model (--opt 0..3) and measure it: compile/perf.json and perf.html."""
+    from hat.deploy import commands
+
+    data = commands.compile_model(_stage_config(task, config, overrides, work_dir), opt=opt, threads=threads, runs=runs)
+    _print_perf(data)
+
+
+def _print_perf(data: dict) -> None:
+    int8, flt = data["latency"]["int8"], data["latency"].get("float")
+    table = Table(title=f"compiled at opt {data['opt_level']}, {data['threads']} thread(s)", title_justify="left")
+    for column in ("model", "median ms", "p10 ms", "p90 ms"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    table.add_row("int8 (onnxruntime)", *(f"{int8[k]:.3f}" for k in ("median_ms", "p10_ms", "p90_ms")))
+    if flt:
+        table.add_row("float (onnxruntime opt 3)", *(f"{flt[k]:.3f}" for k in ("median_ms", "p10_ms", "p90_ms")))
+    console.out.print(table)
+    share = data.get("int8_flops_share")
+    speedup = data["latency"].get("speedup")
+    console.out.print(
+        (f"speed-up int8 vs float: {speedup:.2f}x; " if speedup else "")
+        + (f"int8 share of FLOPs: {share:.1%}; " if share is not None else "")
+        + f"report: {data.get('compiled_model', '')} and perf.html beside it"
+    )
+
+
+@app.command("check")
+def check_command(
+    task: TaskArg,
+    stage: QuantStageOption = None,
+    opt: OptOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Model checker: export, load in onnxruntime, list every node that does not run int8 and why."""
+    from hat.deploy import commands
+    from hat.deploy.errors import RuntimeFailure
+
+    try:
+        analysis = commands.check(_stage_config(task, config, overrides, work_dir), stage=stage, opt=opt)
+    except RuntimeFailure as exc:  # the model does not run: that is the check failing, exit 1
+        console.err.print(f"[bold red]check failed:[/bold red] {escape(exc.render())}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    non_int8 = analysis.non_int8()
+    if non_int8:
+        console.out.print(analysis.render_table())
+    share = analysis.int8_flops_share
+    console.out.print(
+        f"the model runs in onnxruntime; {len(non_int8)} node(s) not int8; int8 share of FLOPs: {share:.1%}"
+        if share is not None
+        else "the model runs in onnxruntime"
+    )
+
+
+@app.command("validate")
+def validate_command(
+    task: TaskArg,
+    opt: OptOption = None,
+    max_batches: Annotated[Optional[int], typer.Option("--max-batches", min=1, help="Stop after N batches.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Compiled model vs torch fixed-point model on the same data: metrics and agreement."""
+    from hat.deploy import commands
+
+    result = commands.validate(_stage_config(task, config, overrides, work_dir), opt=opt, max_batches=max_batches)
+    table = Table(
+        title=f"validate ({result['stage']} model, opt {result['opt']}, {result['samples']} samples)",
+        title_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("torch fixed point", justify="right")
+    table.add_column("onnxruntime int8", justify="right")
+    for name, value in result["metrics"]["torch_fixed_point"].items():
+        table.add_row(name, f"{value:.4f}", f"{result['metrics']['onnxruntime'].get(name, float('nan')):.4f}")
+    console.out.print(table)
+    for name, share in result["within_one_step"].items():
+        console.out.print(f"output {name}: {share:.2%} of elements agree within one quantization step")
 
 
 # -- entry point ----------------------------------------------------------------------------

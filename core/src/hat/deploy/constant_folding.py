@@ -19,7 +19,9 @@ from onnx.reference import ReferenceEvaluator
 from hat.deploy.onnx_graph import DEQUANTIZE, constant_node_value, replace_nodes
 
 #: Never evaluated ahead of time: DequantizeLinear marks int8 tensors; the rest are not pure.
-_KEEP_OPS = frozenset({DEQUANTIZE, "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"})
+_KEEP_OPS = frozenset(
+    {DEQUANTIZE, "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
 #: A fold may not blow a small constant up into a large one (Expand, Tile, ConstantOfShape).
 _MAX_GROWTH_ELEMENTS = 1 << 16
 
@@ -42,7 +44,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         if _foldable(node, values):
             outputs = _evaluate(node, values, model.opset_import)
             if outputs is not None:
-                for name, value in zip(node.output, outputs):
+                for name, value in zip(node.output, outputs, strict=True):
                     values[name] = value
                     folded.add(name)
                 continue

@@ -13,7 +13,9 @@ from hat.errors import UserError
 class ExportError(UserError):
     """The quantized model cannot be written as a deployable int8 ONNX graph."""
 
-    def __init__(self, message: str, *, node: str | None = None, module_path: str | None = None, hint: str | None = None):
+    def __init__(
+        self, message: str, *, node: str | None = None, module_path: str | None = None, hint: str | None = None
+    ):
         self.node = node
         self.module_path = module_path
         super().__init__(message, where=_where(node, module_path), hint=hint)
@@ -22,7 +24,9 @@ class ExportError(UserError):
 class RuntimeFailure(UserError):
     """onnxruntime refused or failed to run a graph (invalid graph, missing kernel, bad shape)."""
 
-    def __init__(self, message: str, *, node: str | None = None, module_path: str | None = None, hint: str | None = None):
+    def __init__(
+        self, message: str, *, node: str | None = None, module_path: str | None = None, hint: str | None = None
+    ):
         self.node = node
         self.module_path = module_path
         super().__init__(message, where=_where(node, module_path), hint=hint)

@@ -54,10 +54,6 @@ class GraphIndex:
             return constant_node_value(node)
         return None
 
-    def producer_op(self, name: str) -> str | None:
-        node = self.producer.get(name)
-        return node.op_type if node is not None else None
-
     def dequantized_from(self, name: str) -> onnx.NodeProto | None:
         """The DequantizeLinear that produces ``name``, if any."""
         node = self.producer.get(name)
@@ -88,16 +84,6 @@ def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object
         if attr.name == name:
             return onnx.helper.get_attribute_value(attr)
     return default
-
-
-def set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
-    """Add or replace the initializer ``name``."""
-    tensor = numpy_helper.from_array(np.asarray(value), name)
-    for i, existing in enumerate(graph.initializer):
-        if existing.name == name:
-            graph.initializer[i].CopyFrom(tensor)
-            return
-    graph.initializer.append(tensor)
 
 
 def unique_name(taken: set[str], base: str) -> str:

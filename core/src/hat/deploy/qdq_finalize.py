@@ -7,8 +7,9 @@ around every tensor that is int8 on the device. The TorchScript exporter writes 
 weight's QuantizeLinear and its scale arithmetic into the graph, keeps biases float,
 and leaves shape-only ops (Flatten, Reshape) between a DequantizeLinear and the
 compute that reads it. These passes close that gap, exactly: they only fold constants,
-re-express values that already lie on an int8/int32 grid, and insert requantizations
-with the scale a tensor already has.
+re-express values that already lie on an int8/int32 grid, insert requantizations
+with the scale a tensor already has, and write int8 activations as the same values
+in uint8 (zero point + 128), which onnxruntime's x86 kernels need.
 """
 
 from __future__ import annotations
@@ -61,16 +62,24 @@ _VALUE_PRESERVING = frozenset(
 )
 
 
-def finalize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8") -> onnx.ModelProto:
     """Rewrite ``model`` in place into onnxruntime-quantizer form, check it, and return it.
 
+    ``activations="uint8"`` (the default, as onnxruntime's quantizer writes) re-expresses
+    int8 activations as uint8 with the zero point shifted by 128 — the same values; see
+    :func:`activations_to_uint8` for why onnxruntime needs it. ``"int8"`` keeps them.
     Raises :class:`ExportError` naming the node and module when a bias is not on the
     int32 grid (the simulation did not round it) or the result fails ``onnx.checker``.
     """
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be 'uint8' or 'int8', not {activations!r}")
     fold_constants(model)
+    requantize_float_weights(model.graph)
     fold_weight_transposes(model.graph)
-    quantize_biases(model.graph)
     propagate_qdq(model.graph)
+    quantize_biases(model.graph)
+    if activations == "uint8":
+        activations_to_uint8(model.graph)
     drop_dead_nodes(model.graph)
     drop_unused_initializers(model.graph)
     try:
@@ -100,7 +109,7 @@ def fold_weight_transposes(graph: onnx.GraphProto) -> None:
         if dq is None or len(index.consumers[dq.output[0]]) != 1 or dq.output[0] in index.graph_outputs:
             continue
         weight = index.constant(dq.input[0])
-        if weight is None or dq.input[0] not in index.initializers:
+        if weight is None or dq.input[0] not in index.initializers or len(index.consumers[dq.input[0]]) != 1:
             continue
         perm = attribute(node, "perm") or list(reversed(range(weight.ndim)))
         scale = index.constant(dq.input[1])
@@ -109,13 +118,107 @@ def fold_weight_transposes(graph: onnx.GraphProto) -> None:
         name = dq.input[0]
         index.initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), name))
         if scale.size > 1:
-            axis = int(attribute(dq, "axis", 1))
-            axis = axis % weight.ndim
+            axis = int(attribute(dq, "axis", 1)) % weight.ndim
             _set_attribute(dq, "axis", list(perm).index(axis))
         dq.output[0] = node.output[0]
         drop.add(id(node))
     if drop:
         replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
+
+
+def requantize_float_weights(graph: onnx.GraphProto) -> list[str]:
+    """Float weights that lie on a symmetric per-channel int8 grid -> int8 initializer + DQ.
+
+    The TorchScript tracer evaluates a weight's fake quantization itself when weight and
+    scale are both plain constants (non-persistent buffers, say), and the graph then
+    holds the float result. Its values are still ``q * s`` per channel, so the grid can
+    be recovered exactly (see :func:`_int8_grid`); a weight on no such grid (a layer
+    left float on purpose) is left alone. Returns the nodes whose weight was recovered.
+    """
+    index = GraphIndex(graph)
+    taken = all_names(graph)
+    recovered: list[str] = []
+    additions: dict[int, onnx.NodeProto] = {}
+    for node in graph.node:
+        site = _weight_site(node)
+        if site is None or index.dequantized_from(node.input[0]) is None:
+            continue
+        slot, axis = site
+        name = node.input[slot] if slot < len(node.input) else ""
+        weight = index.constant(name) if name in index.initializers else None
+        if weight is None or weight.dtype.kind != "f" or weight.ndim < 2 or len(index.consumers[name]) != 1:
+            continue
+        grid = _int8_grid(weight.astype(np.float64), axis % weight.ndim)
+        if grid is None:
+            continue
+        q, scale = grid
+        q_name = unique_name(taken, f"{name}_quantized")
+        s_name = unique_name(taken, f"{name}_scale")
+        z_name = unique_name(taken, f"{name}_zero_point")
+        out = unique_name(taken, f"{name}_dequantized")
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, q_name),
+                numpy_helper.from_array(scale, s_name),
+                numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name),
+            ]
+        )
+        dq_name = unique_name(taken, f"{node.name}_weight_dq")
+        additions[id(node)] = helper.make_node(
+            DEQUANTIZE, [q_name, s_name, z_name], [out], name=dq_name, axis=axis % weight.ndim
+        )
+        node.input[slot] = out
+        recovered.append(node.name)
+    if additions:
+        ordered: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if id(node) in additions:
+                ordered.append(additions[id(node)])
+            ordered.append(node)
+        replace_nodes(graph, ordered)
+    return recovered
+
+
+def _weight_site(node: onnx.NodeProto) -> tuple[int, int] | None:
+    """(weight input slot, output-channel axis of the weight) of a conv or matmul."""
+    if node.op_type == "Conv":
+        return 1, 0
+    if node.op_type == "Gemm":
+        return 1, 0 if attribute(node, "transB", 0) else 1
+    if node.op_type == "MatMul":
+        return 1, -1
+    return None
+
+
+def _int8_grid(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 values, per-channel scales) if ``weight`` lies on a symmetric int8 grid per channel.
+
+    A channel's values are ``q * s`` with ``|q| <= 127``; its largest ``|q|`` may be
+    below 127 (a transposed conv rewritten as a conv splits each channel's taps), so
+    the finest grid ``max|w| / k`` (largest ``k <= 127``) holding every value is used:
+    it contains the original grid, and a bias on ``s_in * s`` stays on ``s_in * s / j``.
+    """
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    if np.any(amax == 0):
+        return None
+    steps = np.zeros(len(amax), dtype=np.int64)
+    for k in range(127, 0, -1):
+        open_rows = steps == 0
+        if not open_rows.any():
+            break
+        ratio = moved[open_rows] * (k / amax[open_rows])[:, None]
+        fits = np.all(np.abs(ratio - np.rint(ratio)) <= 1e-3, axis=1)
+        steps[np.flatnonzero(open_rows)[fits]] = k
+    if np.any(steps == 0):
+        return None
+    scale = (amax / steps).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    values = np.rint(weight / scale.astype(np.float64).reshape(shape))
+    if np.any(np.abs(values) > 127):
+        return None
+    return values.astype(np.int8), scale
 
 
 # -- biases --------------------------------------------------------------------------
@@ -157,7 +260,9 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
                 numpy_helper.from_array(np.zeros(step.shape, dtype=np.int32), z_name),
             ]
         )
-        dq = helper.make_node(DEQUANTIZE, [q_name, s_name, z_name], [out_name], name=unique_name(taken, f"{base}_bias_dq"), axis=0)
+        dq = helper.make_node(
+            DEQUANTIZE, [q_name, s_name, z_name], [out_name], name=unique_name(taken, f"{base}_bias_dq"), axis=0
+        )
         consumer.input[slot] = out_name
         new_nodes.setdefault(id(consumer), []).append(dq)
     if new_nodes:
@@ -241,7 +346,9 @@ def propagate_qdq(graph: onnx.GraphProto) -> None:
     ``DQ -> MaxPool -> Flatten -> Gemm`` leaves Gemm reading a float tensor, so it
     stays float; ``DQ -> MaxPool -> Q -> DQ -> Flatten -> Q -> DQ -> Gemm`` (same scale
     throughout, which is exact since these ops only move values) fuses into int8
-    kernels, and onnxruntime drops the redundant pairs around the movement ops.
+    kernels, and onnxruntime drops the redundant pairs around the movement ops. A
+    graph output gets the same treatment (its name moves to the new DequantizeLinear),
+    so a final Resize or MaxPool runs int8 too.
     """
     index = GraphIndex(graph)
     taken = all_names(graph)
@@ -259,17 +366,68 @@ def propagate_qdq(graph: onnx.GraphProto) -> None:
         dq = producer.get(node.input[0]) if node.input else None
         if dq is None or dq.op_type != DEQUANTIZE or not _propagates(node, dq, index):
             continue
-        for name in node.output:
-            if not any(c.op_type != QUANTIZE for c in index.consumers.get(name, [])):
+        for slot, name in enumerate(node.output):
+            is_output = name in index.graph_outputs
+            if not is_output and not any(c.op_type != QUANTIZE for c in index.consumers.get(name, [])):
                 continue
             q_out = unique_name(taken, f"{name}_quantized")
-            dq_out = unique_name(taken, f"{name}_requantized")
-            ordered.append(helper.make_node(QUANTIZE, [name, *dq.input[1:]], [q_out], name=unique_name(taken, f"{node.name}_q")))
-            second = helper.make_node(DEQUANTIZE, [q_out, *dq.input[1:]], [dq_out], name=unique_name(taken, f"{node.name}_dq"))
+            if is_output:  # the op now writes a new tensor; the graph output becomes the DQ's
+                source = unique_name(taken, f"{name}_float")
+                node.output[slot] = source
+                producer[source] = node
+                dq_out = name
+            else:
+                source = name
+                dq_out = unique_name(taken, f"{name}_requantized")
+                renamed[name] = dq_out
+            ordered.append(
+                helper.make_node(QUANTIZE, [source, *dq.input[1:]], [q_out], name=unique_name(taken, f"{node.name}_q"))
+            )
+            second = helper.make_node(
+                DEQUANTIZE, [q_out, *dq.input[1:]], [dq_out], name=unique_name(taken, f"{node.name}_dq")
+            )
             ordered.append(second)
             producer[dq_out] = second
-            renamed[name] = dq_out
     replace_nodes(graph, ordered)
+
+
+def activations_to_uint8(graph: onnx.GraphProto) -> None:
+    """Int8 activation Q/DQ pairs -> uint8 with zero point + 128 (identical values).
+
+    Measured with onnxruntime 1.20 and 1.31 on x86: its CPU provider fuses Q/DQ groups
+    into QLinearConv (and QLinearAdd, ...) only with uint8 activations. It rewrites a
+    signed int8 Q -> DQ pair as uint8 itself, but only when the Q feeds a single DQ, so
+    every tensor read by two ops (a residual, a branch) left its producer and its
+    consumers in float. Writing uint8 activations, as onnxruntime's own quantizer does
+    by default, fuses them all. Weights stay int8 (the fast u8 x s8 kernels).
+    """
+    index = GraphIndex(graph)
+    taken = all_names(graph)
+    shifted: dict[str, str] = {}
+    for node in list(graph.node):
+        if node.op_type != QUANTIZE or len(node.input) < 3 or not node.input[2] or index.is_constant(node.input[0]):
+            continue
+        zero = index.constant(node.input[2])
+        consumers = index.consumers.get(node.output[0], [])
+        if zero is None or zero.dtype != np.int8 or zero.size != 1 or node.output[0] in index.graph_outputs:
+            continue
+        if not consumers or not all(_dequantizes_with(c, zero, index) for c in consumers):
+            continue
+        original = node.input[2]
+        if original not in shifted:
+            shifted[original] = unique_name(taken, f"{original}_uint8")
+            value = (zero.astype(np.int16) + 128).astype(np.uint8)
+            graph.initializer.append(numpy_helper.from_array(value, shifted[original]))
+        for target in (node, *consumers):
+            target.input[2] = shifted[original]
+
+
+def _dequantizes_with(node: onnx.NodeProto, zero: np.ndarray, index: GraphIndex) -> bool:
+    """A DequantizeLinear whose zero point equals ``zero`` (so it can shift along with its Q)."""
+    if node.op_type != DEQUANTIZE or len(node.input) < 3 or not node.input[2]:
+        return False
+    value = index.constant(node.input[2])
+    return value is not None and value.dtype == zero.dtype and value.size == 1 and value.item() == zero.item()
 
 
 def _propagates(node: onnx.NodeProto, dq: onnx.NodeProto, index: GraphIndex) -> bool:

@@ -126,7 +126,7 @@ def evaluate(
                     outputs = model(batch)
                 for metric in metrics:
                     metric.update(batch, outputs)
-                samples += _batch_size(batch)
+                samples += batch_size_of(batch)
                 if on_batch is not None:
                     on_batch()
     finally:
@@ -138,14 +138,14 @@ def evaluate(
     return results, total
 
 
-def _batch_size(batch: Any) -> int:
+def batch_size_of(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
     if isinstance(batch, dict):
         for value in batch.values():
-            size = _batch_size(value)
+            size = batch_size_of(value)
             if size:
                 return size
     if isinstance(batch, (list, tuple)) and batch:
-        return _batch_size(batch[0])
+        return batch_size_of(batch[0])
     return 0

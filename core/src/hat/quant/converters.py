@@ -38,6 +38,17 @@ def _check_mode(context: ConvertContext) -> None:
         )
 
 
+def _prepare(context: ConvertContext, stage: str, model: torch.nn.Module) -> torch.nn.Module:
+    backend = _backend(context)
+    prepare = backend.prepare_calibration if stage == "calibration" else backend.prepare_qat
+    try:
+        model, report = prepare(model, context.qconfig_params)
+    except ValueError as exc:  # bad qconfig_params, or a model that is already quantized
+        raise ConfigError(str(exc), hint="check model_convert_pipeline's qconfig_params and converters") from exc
+    _announce(stage, report)
+    return model
+
+
 def _announce(stage: str, report) -> None:
     info(f"{stage}: {report.summary()}")
 
@@ -53,9 +64,7 @@ class Float2Calibration:
 
     def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
         _check_mode(context)
-        model, report = _backend(context).prepare_calibration(model, context.qconfig_params)
-        _announce("calibration", report)
-        return model
+        return _prepare(context, "calibration", model)
 
 
 @register_type("Float2QAT")
@@ -67,9 +76,7 @@ class Float2QAT:
 
     def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
         _check_mode(context)
-        model, report = _backend(context).prepare_qat(model, context.qconfig_params)
-        _announce("qat", report)
-        return model
+        return _prepare(context, "qat", model)
 
 
 @register_type("QAT2Quantize")

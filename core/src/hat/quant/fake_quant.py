@@ -116,10 +116,10 @@ class ActFakeQuant(torch.nn.Module):
         return self.enabled and not self.calibrating and bool(self.calibrated)
 
     def qparams(self) -> QParams:
-        return QParams(float(self.scale), int(self.zero_point))
+        return QParams(float(self.scale.detach()), int(self.zero_point))
 
     def threshold(self) -> float:
-        return float(self.scale) * (255.0 if self.unsigned else 127.0)
+        return float(self.scale.detach()) * (255.0 if self.unsigned else 127.0)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,11 +133,17 @@ class ActFakeQuant(torch.nn.Module):
         if self.training and self.averaging_constant > 0 and not self.learnable:
             self._track(x)
         if self.learnable and self.training:
-            y = torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale, self.zero_point.float(), QMIN, QMAX, 1.0 / (x.numel() * QMAX) ** 0.5
-            )
-            with torch.no_grad():
+            with torch.no_grad():  # before the op: an in-place change after it would break backward
                 self.scale.clamp_(min=1e-8)
+            # The op wants 1-element (not 0-dim) scale and zero point; the reshape keeps the gradient.
+            y = torch._fake_quantize_learnable_per_tensor_affine(
+                x,
+                self.scale.reshape(1),
+                self.zero_point.float().reshape(1),
+                QMIN,
+                QMAX,
+                1.0 / (x.numel() * QMAX) ** 0.5,
+            )
             return tag(y, self.qparams())
         params = self.qparams()
         return tag(fake_quant(x, params), params)
@@ -155,7 +161,7 @@ class ActFakeQuant(torch.nn.Module):
 
     def extra_repr(self) -> str:
         kind = "unsigned [0,t], zp -128" if self.unsigned else "symmetric"
-        return f"{kind}, observer={type(self.observer).__name__}, scale={float(self.scale):.6g}"
+        return f"{kind}, observer={type(self.observer).__name__}, scale={float(self.scale.detach()):.6g}"
 
 
 class WeightFakeQuant(torch.nn.Module):

@@ -36,10 +36,16 @@ def fold_bn(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._BatchNorm) 
     """Return ``module`` with ``bn`` folded into its weight and bias (eval statistics)."""
     factor = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    axis = 1 if isinstance(module, torch.nn.ConvTranspose2d) else 0
-    shape = [1] * module.weight.dim()
-    shape[axis] = -1
-    module.weight.mul_(factor.reshape(shape))
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        # weight [Cin, Cout / groups, k, k]: input channels of group g feed outputs g * Cout/groups + j.
+        cin, cout_per_group = module.weight.shape[:2]
+        groups = module.groups
+        per_weight = factor.reshape(groups, 1, cout_per_group).expand(groups, cin // groups, cout_per_group)
+        module.weight.mul_(per_weight.reshape(cin, cout_per_group, 1, 1))
+    else:
+        shape = [1] * module.weight.dim()
+        shape[0] = -1
+        module.weight.mul_(factor.reshape(shape))
     bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (bias - bn.running_mean) * factor + shift
     if module.bias is None:
@@ -55,7 +61,7 @@ def _fuse_run(parent: torch.nn.Module, names: list[str]) -> FusedGroup | None:
     if not modules or not isinstance(modules[0], WEIGHTED):
         return None
     head, act = modules[0], None
-    rest = list(zip(names[1:], modules[1:]))
+    rest = list(zip(names[1:], modules[1:], strict=True))
     if rest and isinstance(rest[0][1], NORMS):
         fold_bn(head, rest[0][1])
         setattr(parent, rest[0][0], Fused())

@@ -83,7 +83,9 @@ class _HistogramObserver(Observer):
         old_max = float(self.hist_max)
         if old_max > 0:
             # Move each old bin's count to the new bin that holds its centre.
-            centres = (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * (old_max / NUM_BINS)
+            centres = (torch.arange(NUM_BINS, dtype=torch.float64, device=self.hist_abs.device) + 0.5) * (
+                old_max / NUM_BINS
+            )
             index = (centres / new_max * NUM_BINS).long().clamp(max=NUM_BINS - 1)
             for name in ("hist_abs", "hist_pos"):
                 old = getattr(self, name)
@@ -97,7 +99,9 @@ class _HistogramObserver(Observer):
 
     def _edges(self) -> torch.Tensor:
         """Upper edge of every bin."""
-        return (torch.arange(1, NUM_BINS + 1, dtype=torch.float64)) * (float(self.hist_max) / NUM_BINS)
+        return (torch.arange(1, NUM_BINS + 1, dtype=torch.float64, device=self.hist_abs.device)) * (
+            float(self.hist_max) / NUM_BINS
+        )
 
 
 class PercentileObserver(_HistogramObserver):
@@ -115,7 +119,8 @@ class PercentileObserver(_HistogramObserver):
         if total == 0:
             return super().threshold(unsigned)
         cdf = torch.cumsum(hist, 0) / total
-        index = int(torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0, dtype=torch.float64)))
+        target = torch.tensor([self.percentile / 100.0], dtype=torch.float64, device=cdf.device)
+        index = int(torch.searchsorted(cdf, target))
         index = min(index, NUM_BINS - 1)
         exact = super().threshold(unsigned)
         return min(float(self._edges()[index]), exact)
@@ -139,6 +144,7 @@ class MSEObserver(_HistogramObserver):
         if float(hist.sum()) == 0 or exact <= 0:
             return exact
         width = float(self.hist_max) / NUM_BINS
+        hist = hist.cpu()  # 2048 bins x 200 candidates: cheap on the CPU, and one device for all
         centres = (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * width
         levels = 255.0 if unsigned else 127.0
         candidates = torch.linspace(exact / self.num_candidates, exact, self.num_candidates, dtype=torch.float64)

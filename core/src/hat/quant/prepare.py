@@ -72,7 +72,11 @@ def _swap(module: torch.nn.Module, path: str, groups, qconfig: QConfig, report: 
     replacement = _replacement(module, path, groups, qconfig, report)
     if replacement is not None:
         return replacement
-    for name, child in list(module.named_children()):
+    children = list(module.named_children())
+    containers = (Fused, torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+    if not children and path and not isinstance(module, containers):
+        report.left_float.append((path, type(module).__name__, "no quantized form; it runs in float"))
+    for name, child in children:
         setattr(module, name, _swap(child, f"{path}.{name}" if path else name, groups, qconfig, report))
     return module
 

@@ -51,9 +51,16 @@ class QConfig:
             extra = set(kwargs) - allowed
             if extra:
                 raise ValueError(f"unknown {name} key(s) {sorted(extra)}; known: {sorted(allowed)}")
+        observer_kwargs = dict(params.get("activation_calibration_qkwargs") or {})
+        try:  # fail here, naming the key, rather than with a TypeError deep in conversion
+            make_observer(observer, **observer_kwargs)
+        except TypeError as exc:
+            raise ValueError(
+                f"activation_calibration_qkwargs {sorted(observer_kwargs)} do not fit observer {observer!r}: {exc}"
+            ) from exc
         return cls(
             observer=observer,
-            observer_kwargs=dict(params.get("activation_calibration_qkwargs") or {}),
+            observer_kwargs=observer_kwargs,
             act_averaging_constant=float(act_qat.get("averaging_constant", 0.0)),
             act_learnable=bool(act_qat.get("learnable", False)),
             weight_averaging_constant=float(weight_qat.get("averaging_constant", 1.0)),

@@ -101,6 +101,10 @@ class _Weighted(QModule):
     @torch.no_grad()
     def freeze(self) -> None:
         """Weights and bias become constants on their grids; scales stop moving."""
+        if not self.weight_quant.frozen and self.weight_quant.averaging_constant >= 1.0:
+            # Scales that follow the weights: a checkpoint holds those of the last forward,
+            # taken before the last optimizer step; the simulation would recompute them.
+            self.weight_quant.reset_scale(self.module.weight)
         self.weight_quant.frozen = True
         weight = self.weight_quant(self.module.weight).detach()
         known = float(self.input_scale) > 0
@@ -128,7 +132,7 @@ class QConv2d(_Weighted):
     def _constant_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """A constant already on the grid, fake-quantized again so export writes Q/DQ
         (the exporter's post-pass folds that into an int8 initializer)."""
-        zeros = torch.zeros(scale.shape, dtype=torch.int32)
+        zeros = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
         return torch.fake_quantize_per_channel_affine(weight, scale, zeros, 0, -128, 127)
 
 
@@ -153,12 +157,17 @@ class QConvTranspose2d(_Weighted):
 
     weight_axis = 1
 
+    def _bias_scale(self) -> torch.Tensor:
+        # Axis 1 of a grouped transposed conv's weight is the channel within a group:
+        # output channel o has the scale of o mod (out_channels / groups).
+        return self.weight_quant.scale.repeat(self.module.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deconv = self.module
-        if self.frozen and self.as_conv is not None:
+        if self.frozen and self.as_conv_padding is not None:
             self._input_qparams(x)
-            weight, bias, padding = self.as_conv
-            y = F.conv2d(x, QConv2d._constant_weight(weight, self.conv_weight_scale), bias, padding=padding)
+            weight = QConv2d._constant_weight(self.conv_weight, self.conv_weight_scale)
+            y = F.conv2d(x, weight, self.conv_bias, padding=self.as_conv_padding)
             y = self._finish(y)
             params = qparams_of(y)
             y = F.pixel_shuffle(y, deconv.stride[0])
@@ -177,12 +186,15 @@ class QConvTranspose2d(_Weighted):
     def freeze(self) -> None:
         super().freeze()
         deconv = self.module
-        self.as_conv = None
+        self.as_conv_padding = None
         if rewritable_as_conv(deconv):
             weight, bias, padding = deconv_as_conv(
                 self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0], deconv.output_padding[0]
             )
-            self.as_conv = (weight, bias, padding)
+            # Buffers, so that moving the frozen model (``.to(device)``) moves them too.
+            self.register_buffer("conv_weight", weight, persistent=False)
+            self.register_buffer("conv_bias", bias, persistent=False)
+            self.as_conv_padding = padding
             self.register_buffer(
                 "conv_weight_scale", self.weight_quant.scale.repeat_interleave(deconv.stride[0] ** 2), persistent=False
             )
@@ -216,8 +228,10 @@ def deconv_as_conv(
     cin, cout, k, _ = weight.shape
     s, p = stride, padding
     taps = {a: [j for j in range(-k, k + 1) if 0 <= a + p - s * j < k] for a in range(s)}
-    j_min = min(min(v) for v in taps.values())
-    j_max = max(max(v) for v in taps.values())
+    # Symmetric tap range (padding is the same on both sides); phases that need fewer
+    # taps on one side (e.g. k=3, s=2, p=1, output_padding=1) get zero taps there.
+    reach = max(max(-min(v), max(v)) for v in taps.values())
+    j_min, j_max = -reach, reach
     size = j_max - j_min + 1
     conv_w = weight.new_zeros(cout, s, s, cin, size, size)
     for a in range(s):
@@ -227,9 +241,7 @@ def deconv_as_conv(
                     conv_w[:, a, b, :, jy - j_min, jx - j_min] = weight[:, :, a + p - s * jy, b + p - s * jx].t()
     conv_w = conv_w.reshape(cout * s * s, cin, size, size)
     conv_b = None if bias is None else bias.repeat_interleave(s * s)
-    if -j_min != j_max:  # asymmetric taps: pad on both sides and crop (not needed for k - 2p == s)
-        raise ValueError("asymmetric transposed-conv rewrite is not supported")
-    return conv_w, conv_b, -j_min
+    return conv_w, conv_b, reach
 
 
 class QFunctional(QModule):

@@ -1,0 +1,315 @@
+"""`hat export`, `hat compile`, `hat check` and `hat validate`, as library calls.
+
+The deployable model is the config's ``deploy_model`` (the network without loss or
+post-processing) taken through the chosen stage's ``<stage>_predictor`` convert
+pipeline (which loads that stage's checkpoint), then frozen to fixed point. Everything
+lands in the work directory: ``export/`` (model.onnx, model.float.onnx, export.json)
+and ``compile/`` (model.opt<N>.onnx, perf.json, perf.html).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hat import console
+from hat.engine.converters import ConvertContext, ModelConvertPipeline
+from hat.engine.deploy_model import build_deploy_model
+from hat.errors import ConfigError, UserError
+from hat.plugins import PluginHost, get_host
+from hat.stages import StageConfig, check_prerequisites, seed_everything
+
+QUANT_STAGES = ("qat", "calibration")
+
+
+@dataclass
+class Exported:
+    stage: str
+    onnx_path: Path
+    float_path: Path
+    info: dict[str, Any]
+
+
+def export_dir(stage_cfg: StageConfig) -> Path:
+    return stage_cfg.work_dir / "export"
+
+
+def choose_stage(stage_cfg: StageConfig, stage: str | None) -> str:
+    """``stage`` if given, else the newer of the qat and calibration best checkpoints."""
+    if stage is not None:
+        if stage not in QUANT_STAGES:
+            raise UserError(f"cannot export stage {stage!r}", hint="export --stage calibration or --stage qat")
+        return stage
+    found = [
+        (path.stat().st_mtime_ns, name)
+        for name in QUANT_STAGES
+        if (path := stage_cfg.work_dir / f"{name}-checkpoint-best.pth.tar").is_file()
+        and f"{name}_predictor" in stage_cfg.config
+    ]
+    if not found:
+        raise UserError(
+            f"nothing to export: the model was never calibrated (no calibration or qat checkpoint in "
+            f"{stage_cfg.work_dir})",
+            hint=f"run `hat train {stage_cfg.task} --stage calibration` first",
+        )
+    return max(found)[1]
+
+
+def _pipeline(stage_cfg: StageConfig, stage: str, host: PluginHost) -> tuple[ModelConvertPipeline, str]:
+    key = f"{stage}_predictor"
+    cfg = stage_cfg.config
+    if key not in cfg or "model_convert_pipeline" not in cfg[key]:
+        raise ConfigError(
+            f"config {cfg.name} has no {key}.model_convert_pipeline, which says how the {stage} model is built",
+            where=str(cfg.path),
+        )
+    check_prerequisites(stage_cfg, key)
+    path = f"{key}.model_convert_pipeline"
+    return host.registry.build(cfg[key]["model_convert_pipeline"], path=path, locate=cfg.locate), key
+
+
+def fixed_point_model(
+    stage_cfg: StageConfig, stage: str, host: PluginHost | None = None
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[Path]]:
+    """The deploy model of ``stage`` in fixed point, its example inputs, and its checkpoints."""
+    host = host or get_host()
+    seed_everything(int(stage_cfg.config.get("seed", 0)))
+    pipeline, _ = _pipeline(stage_cfg, stage, host)
+    model, inputs = build_deploy_model(stage_cfg.config, host.registry)
+    model = pipeline(model, task=stage_cfg.task, stage=stage).eval()
+    with torch.no_grad():
+        model(inputs)  # records each layer's input grid, which freezing puts the biases on
+    from hat.quant.converters import QAT2Quantize
+
+    context = ConvertContext(task=stage_cfg.task, stage=stage, quant_backend=pipeline.quant_backend)
+    fixed = QAT2Quantize()(model, context)
+    return fixed, inputs, pipeline.checkpoint_paths()
+
+
+def float_model(stage_cfg: StageConfig, host: PluginHost | None = None) -> torch.nn.Module:
+    """The float deploy model with the float stage's weights (for model.float.onnx)."""
+    host = host or get_host()
+    pipeline, _ = _pipeline(stage_cfg, "float", host)
+    model, _ = build_deploy_model(stage_cfg.config, host.registry)
+    return pipeline(model, task=stage_cfg.task, stage="float").eval()
+
+
+def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | None = None) -> Exported:
+    """Write export/model.onnx (int8 QDQ), model.float.onnx and export.json."""
+    from hat.deploy.onnx_export import export_float_onnx, export_onnx
+
+    host = host or get_host()
+    stage = choose_stage(stage_cfg, stage)
+    settings = dict(stage_cfg.config.get("export") or {})
+    opset = int(settings.get("opset", 17))
+    fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
+    out = export_dir(stage_cfg)
+    info = export_onnx(fixed, inputs, out / "model.onnx", opset=opset)
+    float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / "model.float.onnx", opset=opset)
+    extra = {
+        "stage": stage,
+        "config": stage_cfg.config.name,
+        "source_checkpoint": [str(p) for p in checkpoints],
+        "float_model": str(float_info.path),
+    }
+    info.write_json(out / "export.json", **extra)
+    for warning in info.warnings:
+        console.err.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
+    return Exported(stage, info.path, float_info.path, {**info.to_dict(), **extra})
+
+
+def _exported(stage_cfg: StageConfig) -> tuple[Path, Path, dict[str, Any]]:
+    out = export_dir(stage_cfg)
+    model, meta = out / "model.onnx", out / "export.json"
+    if not model.is_file() or not meta.is_file():
+        raise UserError(f"no exported model in {out}", hint=f"run `hat export {stage_cfg.task}` first")
+    return model, out / "model.float.onnx", json.loads(meta.read_text())
+
+
+def _compile_settings(stage_cfg: StageConfig, **given: Any) -> dict[str, Any]:
+    settings = {"backend": "onnxruntime", "opt": 3, "threads": 1, "warmup": 10, "runs": 100}
+    settings.update({k: v for k, v in dict(stage_cfg.config.get("compile") or {}).items()})
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if settings["opt"] not in (0, 1, 2, 3):
+        raise UserError(f"--opt must be 0, 1, 2 or 3, got {settings['opt']}")
+    return settings
+
+
+def _backend(name: str, host: PluginHost):
+    backends = host.compile_backends.items
+    if name not in backends:
+        raise ConfigError(f"unknown compilation backend {name!r}", hint=f"installed: {', '.join(sorted(backends))}")
+    return backends[name]()
+
+
+def _example_feeds(meta: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs at the exported shapes (latency does not depend on values)."""
+    rng = np.random.default_rng(seed)
+    return {i["name"]: rng.standard_normal(i["shape"]).astype(np.float32) for i in meta["inputs"]}
+
+
+def compile_model(
+    stage_cfg: StageConfig,
+    *,
+    opt: int | None = None,
+    threads: int | None = None,
+    runs: int | None = None,
+    host: PluginHost | None = None,
+) -> dict[str, Any]:
+    """compile/model.opt<N>.onnx plus perf.json and perf.html; returns the perf data."""
+    from hat.deploy.analysis import analyze
+    from hat.deploy.perf import param_bytes_of, write_perf_report
+
+    host = host or get_host()
+    model_path, float_path, meta = _exported(stage_cfg)
+    settings = _compile_settings(stage_cfg, opt=opt, threads=threads, runs=runs)
+    backend = _backend(settings["backend"], host)
+    out_dir = stage_cfg.work_dir / "compile"
+    level = int(settings["opt"])
+    compiled = backend.compile(model_path, level, out_dir / f"model.opt{level}.onnx")
+    feeds = _example_feeds(meta)
+    common = {"threads": int(settings["threads"]), "warmup": int(settings["warmup"]), "runs": int(settings["runs"])}
+    console.info(f"measuring int8 latency at opt {level} ({common['runs']} runs, {common['threads']} thread(s))")
+    int8_latency = backend.measure_latency(model_path, feeds, opt_level=level, **common)
+    float_latency = None
+    if float_path.is_file():
+        console.info("measuring float latency (onnxruntime, opt 3)")
+        float_latency = backend.measure_latency(float_path, feeds, opt_level=3, **common)
+    op_times = backend.profile_op_types(model_path, feeds, opt_level=level, threads=common["threads"])
+    analysis = analyze(compiled, exported=model_path, inputs=feeds, opt_level=level)
+    data = write_perf_report(
+        out_dir,
+        model_name=f"{stage_cfg.task} ({stage_cfg.config.name}, {meta.get('stage')})",
+        opt_level=level,
+        threads=common["threads"],
+        int8_latency=int8_latency,
+        float_latency=float_latency,
+        op_times=op_times,
+        analysis=analysis,
+        param_bytes=param_bytes_of(model_path),
+        flops=analysis.total_flops,
+    )
+    data["compiled_model"] = str(compiled)
+    return data
+
+
+def check(stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None = None, host: PluginHost | None = None):
+    """Export, compile, run once, and classify every node; returns the analysis."""
+    from hat.deploy.analysis import analyze
+
+    host = host or get_host()
+    exported = export(stage_cfg, stage, host)
+    settings = _compile_settings(stage_cfg, opt=opt)
+    backend = _backend(settings["backend"], host)
+    level = int(settings["opt"])
+    compiled = backend.compile(exported.onnx_path, level, export_dir(stage_cfg) / f"check.opt{level}.onnx")
+    feeds = _example_feeds(exported.info)
+    backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)
+    analysis = analyze(compiled, exported=exported.onnx_path, inputs=feeds, opt_level=level)
+    (export_dir(stage_cfg) / "check.json").write_text(json.dumps(analysis.to_dict(), indent=2) + "\n")
+    return analysis
+
+
+def validate(
+    stage_cfg: StageConfig, *, opt: int | None = None, max_batches: int | None = None, host: PluginHost | None = None
+) -> dict[str, Any]:
+    """The compiled ONNX model and the torch fixed-point model on the same validation data.
+
+    Both go through the int_infer predictor's post-processing and metrics; the outputs
+    are compared element by element in the quantized domain of each output.
+    """
+    from hat.deploy.compare import share_within_one_step
+    from hat.deploy.onnx_predictor import OnnxModel, OnnxPredictor
+    from hat.engine.loader import build_loader
+    from hat.engine.processors import move_to
+
+    host = host or get_host()
+    model_path, _, meta = _exported(stage_cfg)
+    cfg = stage_cfg.config
+    if "int_infer_predictor" not in cfg:
+        raise ConfigError(f"config {cfg.name} has no int_infer_predictor (data, metrics, post-process)")
+    predictor = host.registry.build(cfg["int_infer_predictor"], path="int_infer_predictor", locate=cfg.locate)
+    if not isinstance(predictor, OnnxPredictor):
+        raise ConfigError("int_infer_predictor must be an OnnxPredictor", where=cfg.locate("int_infer_predictor"))
+    settings = _compile_settings(stage_cfg, opt=opt)
+    onnx_model = OnnxModel(model_path, inputs=predictor.inputs, opt_level=int(settings["opt"]))
+    fixed, _, _ = fixed_point_model(stage_cfg, meta["stage"], host)
+    input_map = dict(predictor.inputs or {n: n for n in onnx_model.input_names})
+    scales = {o["name"]: o.get("scale") for o in meta["outputs"]}
+    loader = build_loader(
+        predictor.data_loader_cfg,
+        host.registry,
+        seed=int(cfg.get("seed", 0)),
+        train=False,
+        path="int_infer_predictor.data_loader",
+        locate=cfg.locate,
+    )
+    import copy
+
+    torch_metrics = [copy.deepcopy(m) for m in predictor.val_metrics]
+    onnx_metrics = predictor.val_metrics
+    for metric in (*torch_metrics, *onnx_metrics):
+        metric.reset()
+    agree: dict[str, list[float]] = {name: [] for name in scales}
+    counts: dict[str, int] = {name: 0 for name in scales}
+    samples = 0
+    rename = dict(predictor.outputs or {})
+    with console.progress() as bar:
+        task = bar.add_task("validate", total=len(loader) if max_batches is None else min(len(loader), max_batches))
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            raw_onnx = onnx_model(batch)  # keys: ONNX output names renamed by `outputs`
+            with torch.no_grad():
+                raw_torch = fixed({name: move_to(batch[key], torch.device("cpu")) for name, key in input_map.items()})
+            raw_torch = _as_named(raw_torch, list(scales))
+            for name, scale in scales.items():
+                ref = raw_torch[name].numpy()
+                got = raw_onnx[rename.get(name, name)].numpy()
+                if scale:
+                    share = share_within_one_step(ref, got, float(scale))
+                else:
+                    share = float(np.mean(np.isclose(ref, got, rtol=1e-3, atol=1e-5)))
+                agree[name].append(share * ref.size)
+                counts[name] += ref.size
+            torch_out = {rename.get(k, k): v for k, v in raw_torch.items()}
+            for outputs, metrics in ((torch_out, torch_metrics), (raw_onnx, onnx_metrics)):
+                if predictor.post_process is not None:
+                    outputs = predictor.post_process(outputs, batch)
+                for metric in metrics:
+                    metric.update(batch, outputs)
+            samples += next(iter(raw_torch.values())).shape[0]
+            bar.advance(task)
+    result = {
+        "stage": meta["stage"],
+        "opt": int(settings["opt"]),
+        "samples": samples,
+        "metrics": {
+            "torch_fixed_point": _compute(torch_metrics),
+            "onnxruntime": _compute(onnx_metrics),
+        },
+        "within_one_step": {name: sum(agree[name]) / max(counts[name], 1) for name in scales},
+    }
+    (stage_cfg.work_dir / "validate.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _compute(metrics) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in metrics:
+        out.update(metric.compute())
+    return out
+
+
+def _as_named(outputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
+    """The torch model's outputs keyed like the ONNX outputs (see onnx_export's naming)."""
+    if isinstance(outputs, torch.Tensor):
+        return {names[0]: outputs}
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    return dict(zip(names, outputs, strict=True))

@@ -1,0 +1,138 @@
+"""int_infer: the exported int8 ONNX model run by onnxruntime over the validation set.
+
+This is the accuracy of the real deployable model. Post-processing (decoding heatmaps,
+NMS) stays in Python, as it would on the device's host CPU; it is the same callable the
+task uses for its torch models, applied to the ONNX outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hat.engine.context import RunContext
+from hat.engine.loader import build_loader
+from hat.engine.predictor import write_prediction
+from hat.engine.runlog import RunLog
+from hat.engine.runner import LoopRunner, batch_size_of
+from hat.errors import UserError
+from hat.metrics import Metric
+from hat.registry import register_type
+
+
+class OnnxModel:
+    """An ONNX model with torch-in, torch-out calls, run one sample at a time.
+
+    Exported graphs have the deploy shape (batch 1), so a batch is split along its
+    first dimension and the outputs are stacked back.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        inputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
+        opt_level: int = 3,
+        threads: int = 1,
+        backend: Any = None,
+    ) -> None:
+        from hat.deploy.ort_backend import OnnxRuntimeBackend
+
+        self.backend = backend or OnnxRuntimeBackend()
+        self.session = self.backend.session(path, threads=threads, opt_level=opt_level)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_map = dict(inputs or {name: name for name in self.input_names})
+        self.output_map = dict(outputs or {})
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        feeds = {}
+        for onnx_name in self.input_names:
+            key = self.input_map.get(onnx_name, onnx_name)
+            if key not in batch:
+                raise UserError(
+                    f"the ONNX model's input {onnx_name!r} needs batch key {key!r}, which the data loader lacks",
+                    hint="map it in int_infer_predictor.inputs: {onnx_input: batch_key}",
+                )
+            feeds[onnx_name] = torch.as_tensor(batch[key]).detach().cpu().float().numpy()
+        size = next(iter(feeds.values())).shape[0]
+        per_sample = [self.backend.run(self.session, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(size)]
+        return {
+            self.output_map.get(name, name): torch.from_numpy(np.concatenate([o[name] for o in per_sample], axis=0))
+            for name in per_sample[0]
+        }
+
+
+@register_type("OnnxPredictor", lazy_args=("data_loader",))
+class OnnxPredictor(LoopRunner):
+    """``int_infer_predictor``: like Predictor, with the exported ONNX model as the model.
+
+    ``inputs`` maps ONNX input names to batch keys, ``outputs`` renames ONNX outputs to
+    the keys the post-process and metrics read; ``post_process(outputs, batch)`` turns
+    raw network outputs into what the metrics take (the task's decoder).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        data_loader: Mapping[str, Any],
+        metrics: Sequence[Metric],
+        inputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
+        post_process: Callable[..., Any] | None = None,
+        opt_level: int = 3,
+        threads: int = 1,
+    ) -> None:
+        super().__init__(torch.nn.Identity(), None, (), metrics, "cpu")
+        self.model_path = Path(model_path)
+        self.data_loader_cfg = data_loader
+        self.inputs = inputs
+        self.outputs = outputs
+        self.post_process = post_process
+        self.opt_level = opt_level
+        self.threads = threads
+
+    def onnx_model(self, ctx: RunContext) -> OnnxModel:
+        if not self.model_path.is_file():
+            raise UserError(
+                f"no exported model at {self.model_path}",
+                hint=f"run `hat export {ctx.task}` first",
+            )
+        return OnnxModel(
+            self.model_path, inputs=self.inputs, outputs=self.outputs, opt_level=self.opt_level, threads=self.threads
+        )
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        self.context = ctx
+        self.log = RunLog(ctx.log_path())
+        model = self.onnx_model(ctx)
+        loader = build_loader(
+            self.data_loader_cfg,
+            ctx.registry,
+            seed=ctx.seed,
+            train=False,
+            path=f"{ctx.path}.data_loader",
+            locate=ctx.locate,
+        )
+        for metric in self.val_metrics:
+            metric.reset()
+        samples = 0
+        with self.progress(f"predict {ctx.stage} (onnxruntime)", len(loader)):
+            for batch in loader:
+                outputs = model(batch)
+                if self.post_process is not None:
+                    outputs = self.post_process(outputs, batch)
+                for metric in self.val_metrics:
+                    metric.update(batch, outputs)
+                samples += batch_size_of(batch)
+                self.advance()
+        metrics: dict[str, float] = {}
+        for metric in self.val_metrics:
+            metrics.update(metric.compute())
+        result = write_prediction(ctx, metrics, samples)
+        self.log.write({"event": "predict", "samples": samples, **metrics})
+        return result

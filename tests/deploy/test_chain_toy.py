@@ -1,0 +1,75 @@
+"""The whole chain on the engine's toy task, through the CLI: float -> calibration -> qat ->
+export -> check -> compile -> int_infer -> validate, and the errors of doing it out of order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.engine.test_stages_cli import hat
+
+
+@pytest.mark.slow
+def test_chain_runs_from_the_cli_and_int8_matches_the_simulation(toy_engine_host, capsys, tmp_path: Path) -> None:
+    work = ["--work-dir", str(tmp_path)]
+    for stage in ("float", "calibration", "qat"):
+        code, _, err = hat(capsys, "train", "toy", "--stage", stage, *work)
+        assert code == 0, err
+    predicted = {}
+    for stage in ("float", "calibration", "qat"):
+        code, _, err = hat(capsys, "predict", "toy", "--stage", stage, *work)
+        assert code == 0, err
+        predicted[stage] = json.loads((tmp_path / "predict" / f"{stage}.json").read_text())["metrics"]["mse"]
+    # calibration keeps the float model's accuracy (mse within 5%); QAT trains further
+    assert predicted["calibration"] <= 1.05 * predicted["float"]
+
+    code, out, err = hat(capsys, "export", "toy", *work)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert meta["stage"] == "qat" and meta["source_checkpoint"][-1].endswith("qat-checkpoint-best.pth.tar")
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
+    assert (tmp_path / "export" / "model.float.onnx").is_file()
+
+    code, _, err = hat(capsys, "predict", "toy", "--stage", "int_infer", *work)
+    assert code == 0, err
+    int_infer = json.loads((tmp_path / "predict" / "int_infer.json").read_text())
+    assert int_infer["num_samples"] == 30
+    assert int_infer["metrics"]["mse"] == pytest.approx(predicted["qat"], rel=0.02)
+
+    code, out, err = hat(capsys, "check", "toy", *work)
+    assert code == 0, err
+    assert "0 node(s) not int8" in out and "100.0%" in out
+    check = json.loads((tmp_path / "export" / "check.json").read_text())
+    compiled_ops = {n["op_type"] for n in check["nodes"]}
+    assert compiled_ops & {"QGemm", "QLinearMatMul"}, compiled_ops  # the linears run as int8 kernels
+
+    code, out, err = hat(capsys, "compile", "toy", "--opt", "2", "--runs", "5", *work)
+    assert code == 0, err
+    perf = json.loads((tmp_path / "compile" / "perf.json").read_text())
+    assert perf["opt_level"] == 2 and perf["latency"]["int8"]["median_ms"] > 0
+    assert perf["latency"]["float"]["median_ms"] > 0 and perf["int8_flops_share"] == pytest.approx(1.0)
+    assert (tmp_path / "compile" / "model.opt2.onnx").is_file() and (tmp_path / "compile" / "perf.html").is_file()
+
+    code, out, err = hat(capsys, "validate", "toy", *work)
+    assert code == 0, err
+    result = json.loads((tmp_path / "validate.json").read_text())
+    assert result["within_one_step"]["pred"] >= 0.99
+    torch_mse = result["metrics"]["torch_fixed_point"]["mse"]
+    assert result["metrics"]["onnxruntime"]["mse"] == pytest.approx(torch_mse, rel=0.02)
+    assert torch_mse == pytest.approx(predicted["qat"], rel=1e-4)
+
+
+def test_deploy_commands_out_of_order_name_the_command_to_run(toy_engine_host, capsys, tmp_path: Path) -> None:
+    work = ["--work-dir", str(tmp_path)]
+    code, _, err = hat(capsys, "export", "toy", *work)
+    assert code == 2 and "never calibrated" in err and "hat train toy --stage calibration" in err
+    for args in (("compile", "toy"), ("validate", "toy"), ("predict", "toy", "--stage", "int_infer")):
+        code, _, err = hat(capsys, *args, *work)
+        assert code == 2 and "hat export toy" in err, (args, err)
+    code, _, err = hat(capsys, "export", "toy", "--stage", "float", *work)
+    assert code == 2 and "cannot export stage 'float'" in err
