@@ -1,4 +1,4 @@
-"""Sessions: `nox` runs lint, the whole test suite, and a core-only install check.
+"""Sessions: `nox` runs lint, the whole test suite, and isolated installs of core and of each plugin.
 
 Every session installs with constraints.txt, which pins the local CPU build of torch
 and numpy<2; without the pins pip would pull gigabytes of CUDA packages.
@@ -14,7 +14,7 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
 PLUGINS = sorted(p for p in (ROOT / "plugins").glob("hat-*") if (p / "pyproject.toml").is_file())
 
-nox.options.sessions = ["lint", "tests", "core_alone"]
+nox.options.sessions = ["lint", "tests", "core_alone", "plugin_alone"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -47,4 +47,21 @@ def core_alone(session: nox.Session) -> None:
         "assert [p['distribution'] for p in listing['plugins']] == ['hat-core'], listing['plugins'];"
         "assert listing['tasks'] == [], listing['tasks'];"
         "print('hat-core alone: ok')",
+    )
+
+
+@nox.session
+@nox.parametrize("plugin", [p.name for p in PLUGINS])
+def plugin_alone(session: nox.Session, plugin: str) -> None:
+    """hat-core plus one plugin in a fresh venv: the plugin's task shows in `hat list`."""
+    session.install(*CONSTRAINTS, str(ROOT / "core"), str(ROOT / "plugins" / plugin))
+    session.run(
+        "python",
+        "-c",
+        "import json, subprocess, sys;"
+        "listing = json.loads(subprocess.run(['hat', 'list', '--json'], check=True, capture_output=True).stdout);"
+        "dists = sorted(p['distribution'] for p in listing['plugins']);"
+        f"assert dists == sorted(['hat-core', '{plugin}']), dists;"
+        "assert listing['tasks'], 'the plugin registers no task';"
+        "print('tasks:', [t['name'] for t in listing['tasks']])",
     )

@@ -402,6 +402,54 @@ def validate_command(
         console.out.print(f"output {name}: {share:.2%} of elements agree within one quantization step")
 
 
+# -- hat infer / demo -----------------------------------------------------------------------
+
+
+@app.command("infer")
+def infer_command(
+    task: TaskArg,
+    inputs: Annotated[list[Path], typer.Option("--input", help="An input file (repeatable).")],
+    save_path: Annotated[Path, typer.Option("--save-path", help="Directory for the drawn results.")],
+    model: Annotated[str, typer.Option("--model", help="int8 (export/model.onnx) or float.")] = "int8",
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Run the exported model on files and draw what it found."""
+    from hat.infer import run_infer
+
+    written = run_infer(_stage_config(task, config, overrides, work_dir), inputs, save_path, model=model)
+    for path in written:
+        console.out.print(str(path))
+
+
+@app.command("demo")
+def demo_command(
+    task: Annotated[Optional[str], typer.Argument(help="The task (default: keypoint).")] = None,
+    work_dir: Annotated[
+        Optional[Path], typer.Option("--work-dir", help="Where everything goes (default ./hat-work/demo-<task>).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the synthetic data.")] = 0,
+) -> None:
+    """The whole chain on synthetic data: synth, pack, train every stage, export, compile, predict, infer."""
+    from hat.demo import render_report, run_demo
+    from hat.errors import UserError
+    from hat.plugins import get_host
+
+    host = get_host()
+    if task is None:
+        with_demo = [name for name, spec in host.tasks.items.items() if spec.demo is not None]
+        if not with_demo:
+            raise UserError(
+                "no installed task has a demo", hint="install a task plugin, e.g. `pip install hat-keypoint`"
+            )
+        task = "keypoint" if "keypoint" in with_demo else with_demo[0]
+    chosen = work_dir or Path("hat-work") / f"demo-{task}"
+    report = run_demo(task, chosen, seed=seed, host=host)
+    console.out.print(render_report(report))
+    console.out.print(f"report: {chosen / 'demo_report.json'}")
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 

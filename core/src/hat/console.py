@@ -6,6 +6,9 @@ result (a table, a config) can be piped while its progress stays on the terminal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,9 +36,27 @@ def is_quiet() -> bool:
     return _quiet
 
 
-def progress(*, transient: bool = False) -> Progress:
-    """A progress bar with counts, elapsed time and ETA; silent under ``--quiet``."""
-    return Progress(
+_active: Progress | None = None
+
+
+@contextmanager
+def progress(*, transient: bool = False) -> Iterator[Progress]:
+    """A progress display with counts, elapsed time and ETA; silent under ``--quiet``.
+
+    Nested uses share the outer display (rich allows one live display at a time): an
+    inner loop's bars appear under the outer ones — `hat demo`'s steps over a training
+    run's steps — and are removed when the inner block ends.
+    """
+    global _active
+    if _active is not None:
+        before = set(_active.task_ids)
+        try:
+            yield _active
+        finally:
+            for task_id in set(_active.task_ids) - before:
+                _active.remove_task(task_id)
+        return
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -46,6 +67,12 @@ def progress(*, transient: bool = False) -> Progress:
         transient=transient,
         disable=_quiet,
     )
+    _active = bar
+    try:
+        with bar:
+            yield bar
+    finally:
+        _active = None
 
 
 def info(message: str) -> None:

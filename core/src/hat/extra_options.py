@@ -22,9 +22,12 @@ _CONVERTERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str
 
 
 def declared_options(target: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """Keyword-only parameters of ``target`` (a class means its ``__init__``)."""
+    """Keyword-only parameters with defaults of ``target`` (a class means its ``__init__``).
+
+    Required keyword-only parameters (a generator's ``seed``) are the CLI's own options.
+    """
     sig = inspect.signature(target, eval_str=True)
-    return {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    return {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
 
 
 def describe_options(target: Callable[..., Any]) -> str:

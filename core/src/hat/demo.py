@@ -1,0 +1,146 @@
+"""`hat demo TASK`: the whole chain on synthetic data, as a user would run it by hand.
+
+synth -> pack -> float -> calibration -> qat -> export -> compile -> predict every stage
+-> infer on a few images, all with the task's tiny config, then one table and
+``<work-dir>/demo_report.json``. A task describes its demo with a :class:`DemoRecipe`
+(in its TaskSpec); the steps are the same library calls the CLI makes, so the demo
+exercises exactly what users run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from hat import console
+from hat.plugins import PluginHost, get_host
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How a task's demo runs.
+
+    ``config``: the tiny config's name. ``dataset``: the synth/packer dataset.
+    ``synth_options`` / ``pack_options``: their keyword options. ``splits``: the splits to
+    pack. ``data_root_key``: the config's top-level key for the packed data directory.
+    ``overrides``: extra ``--set`` values for a short run. ``metrics``: the metric names
+    shown per stage. ``infer_inputs(raw_dir)``: a few raw files to run `hat infer` on.
+    """
+
+    config: str
+    dataset: str
+    metrics: Sequence[str]
+    splits: Sequence[str] = ("train", "test")
+    synth_options: dict[str, Any] = field(default_factory=dict)
+    pack_options: dict[str, Any] = field(default_factory=dict)
+    data_root_key: str = "data_root"
+    overrides: Sequence[str] = ()
+    stages: Sequence[str] = ("float", "calibration", "qat")
+    infer_inputs: Callable[[Path], list[Path]] | None = None
+
+
+def run_demo(task: str, work_dir: Path, *, seed: int = 0, host: PluginHost | None = None) -> dict[str, Any]:
+    """Run every step; returns (and writes) the demo report."""
+    from hat import stages as stage_runner
+    from hat.data.packer import run_pack
+    from hat.deploy import commands
+
+    host = host or get_host()
+    spec = host.task(task)
+    recipe: DemoRecipe | None = spec.demo
+    if recipe is None:
+        from hat.errors import UserError
+
+        raise UserError(f"task {task!r} has no demo", hint="see `hat list` for tasks with a demo")
+    start = time.perf_counter()
+    raw, data = work_dir / "raw", work_dir / "data"
+    overrides = [f"{recipe.data_root_key}={data}", *recipe.overrides]
+    stage_cfg = stage_runner.load_stage_config(
+        task, config_ref=recipe.config, overrides=overrides, work_dir=work_dir, host=host
+    )
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        (
+            f"synth {recipe.dataset}",
+            lambda: host.synth_generator(recipe.dataset)(raw, seed=seed, **recipe.synth_options),
+        ),
+    ]
+    packer = host.packer(recipe.dataset)
+    for split in recipe.splits:
+        steps.append(
+            (
+                f"pack {split}",
+                lambda split=split: run_pack(packer(raw, split, **recipe.pack_options), data, overwrite=True),
+            )
+        )
+    for stage in recipe.stages:
+        steps.append((f"train {stage}", lambda stage=stage: stage_runner.train(stage_cfg, stage, host=host)))
+    steps.append(("export", lambda: commands.export(stage_cfg, host=host)))
+    perf: dict[str, Any] = {}
+    steps.append(("compile --opt 3", lambda: perf.update(commands.compile_model(stage_cfg, opt=3, host=host))))
+    results: dict[str, dict[str, float]] = {}
+    for stage in (*recipe.stages, "int_infer"):
+        steps.append(
+            (
+                f"predict {stage}",
+                lambda stage=stage: results.__setitem__(
+                    stage, stage_runner.predict(stage_cfg, stage, host=host)["metrics"]
+                ),
+            )
+        )
+    pictures: list[str] = []
+    if recipe.infer_inputs is not None and "infer" in stage_cfg.config:
+        from hat.infer import run_infer
+
+        steps.append(
+            (
+                "infer",
+                lambda: pictures.extend(
+                    str(p) for p in run_infer(stage_cfg, recipe.infer_inputs(raw), work_dir / "infer", host=host)
+                ),
+            )
+        )
+    with console.progress() as bar:
+        overall = bar.add_task(f"demo {task}", total=len(steps))
+        for number, (name, step) in enumerate(steps, start=1):
+            bar.update(overall, description=f"demo {task} [{number}/{len(steps)}] {name}")
+            step()
+            bar.advance(overall)
+    report = {
+        "task": task,
+        "config": stage_cfg.config.name,
+        "stages": {stage: {m: results[stage].get(m) for m in recipe.metrics} for stage in results},
+        "latency_ms": {
+            "float_onnx": (perf.get("latency", {}).get("float") or {}).get("median_ms"),
+            "int8_opt3": perf.get("latency", {}).get("int8", {}).get("median_ms"),
+            "threads": perf.get("threads"),
+        },
+        "int8_flops_share": perf.get("int8_flops_share"),
+        "pictures": pictures,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    (work_dir / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def render_report(report: dict[str, Any]) -> Table:
+    metrics = sorted({m for values in report["stages"].values() for m in values})
+    table = Table(title=f"hat demo {report['task']} ({report['wall_s']} s)", title_justify="left")
+    table.add_column("stage")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    table.add_column("latency ms", justify="right")
+    latency = report["latency_ms"]
+    for stage, values in report["stages"].items():
+        shown = {"float": latency.get("float_onnx"), "int_infer": latency.get("int8_opt3")}.get(stage)
+        table.add_row(
+            stage,
+            *(f"{values[m]:.4f}" if values.get(m) is not None else "-" for m in metrics),
+            f"{shown:.3f}" if shown is not None else "",
+        )
+    return table

@@ -1,0 +1,47 @@
+"""`hat infer TASK --input FILE --save-path DIR`: the deployable model on a user's files.
+
+The model is the exported int8 ONNX (or, with ``--model float``, model.float.onnx) run by
+onnxruntime, as it would run on the device. What to read, how to pre-process, decode
+and draw is the task's: its config's ``infer`` section builds a registered *inferer*,
+``inferer(paths, model, save_path) -> written files``, where ``model(batch)`` maps a
+dict of input tensors to a dict of output tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hat.errors import ConfigError, UserError
+from hat.plugins import PluginHost, get_host
+from hat.stages import StageConfig
+
+MODELS = {"int8": "model.onnx", "float": "model.float.onnx"}
+
+
+def run_infer(
+    stage_cfg: StageConfig,
+    inputs: Sequence[Path],
+    save_path: Path,
+    *,
+    model: str = "int8",
+    host: PluginHost | None = None,
+) -> list[Path]:
+    from hat.deploy.onnx_predictor import OnnxModel
+
+    host = host or get_host()
+    cfg = stage_cfg.config
+    if "infer" not in cfg:
+        raise ConfigError(f"config {cfg.name} has no infer section", where=str(cfg.path))
+    if model not in MODELS:
+        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"input file(s) not found: {', '.join(missing)}")
+    path = stage_cfg.work_dir / "export" / MODELS[model]
+    if not path.is_file():
+        raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
+    inferer = host.registry.build(cfg["infer"], path="infer", locate=cfg.locate)
+    save_path = Path(save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
+    return list(inferer([Path(p) for p in inputs], OnnxModel(path), save_path))

@@ -1,0 +1,66 @@
+"""hat-keypoint's hook implementations (and nothing else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hat.demo import DemoRecipe
+from hat.plugins import TaskSpec, hookimpl
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = "keypoint_efficientnetb0_carfusion"
+TINY_CONFIG = "keypoint_efficientnetb0_carfusion-tiny"
+
+
+def _demo_images(raw: Path) -> list[Path]:
+    """A few test crops for `hat infer` (the model takes one car crop per image)."""
+    from hat_keypoint.infer import demo_crops
+
+    return demo_crops(raw, count=3)
+
+
+@hookimpl
+def hat_register(registry) -> None:
+    from hat_keypoint import dataset, infer, metrics, transforms
+    from hat_keypoint.model import decoder_head, heatmap_decoder, heatmap_model, loss
+
+    for module in (dataset, transforms, metrics, infer, decoder_head, heatmap_decoder, heatmap_model, loss):
+        registry.add_marked(module)
+
+
+@hookimpl
+def hat_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name="keypoint",
+            summary="car keypoints (CarFusion): EfficientNet-b0 + deconv heatmaps, PCK@0.1",
+            default_config=DEFAULT_CONFIG,
+            dataset="carfusion",
+            demo=DemoRecipe(
+                config=TINY_CONFIG,
+                dataset="carfusion",
+                metrics=("PCK@0.1", "MeanKeypointDist"),
+                splits=("train", "test"),
+                infer_inputs=_demo_images,
+            ),
+        )
+    ]
+
+
+@hookimpl
+def hat_configs() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+@hookimpl
+def hat_packers() -> dict[str, type]:
+    from hat_keypoint.packer import CarfusionPacker
+
+    return {"carfusion": CarfusionPacker}
+
+
+@hookimpl
+def hat_synth() -> dict[str, object]:
+    from hat_keypoint.synth import generate_carfusion
+
+    return {"carfusion": generate_carfusion}
