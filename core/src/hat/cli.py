@@ -430,6 +430,7 @@ def demo_command(
         Optional[Path], typer.Option("--work-dir", help="Where everything goes (default ./hat-work/demo-<task>).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the synthetic data.")] = 0,
+    overrides: SetOption = None,
 ) -> None:
     """The whole chain on synthetic data: synth, pack, train every stage, export, compile, predict, infer."""
     from hat.demo import render_report, run_demo
@@ -445,7 +446,7 @@ def demo_command(
             )
         task = "keypoint" if "keypoint" in with_demo else with_demo[0]
     chosen = work_dir or Path("hat-work") / f"demo-{task}"
-    report = run_demo(task, chosen, seed=seed, host=host)
+    report = run_demo(task, chosen, seed=seed, overrides=overrides or (), host=host)
     console.out.print(render_report(report))
     console.out.print(f"report: {chosen / 'demo_report.json'}")
 

@@ -45,8 +45,20 @@ class DemoRecipe:
     infer_inputs: Callable[[Path], list[Path]] | None = None
 
 
-def run_demo(task: str, work_dir: Path, *, seed: int = 0, host: PluginHost | None = None) -> dict[str, Any]:
-    """Run every step; returns (and writes) the demo report."""
+def run_demo(
+    task: str,
+    work_dir: Path,
+    *,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    synth_options: dict[str, Any] | None = None,
+    host: PluginHost | None = None,
+) -> dict[str, Any]:
+    """Run every step; returns (and writes) the demo report.
+
+    ``overrides`` (``--set`` values) and ``synth_options`` go on top of the recipe's, for a
+    longer run or a smaller one (the tests use a very small one).
+    """
     from hat import stages as stage_runner
     from hat.data.packer import run_pack
     from hat.deploy import commands

@@ -70,7 +70,9 @@ class HeatmapKeypointModel(nn.Module):
         if self.deploy or isinstance(batch, torch.Tensor):
             return outputs
         if self.loss is not None and "heatmap" in batch:
-            outputs["loss"] = self.loss(heatmap, batch["heatmap"], batch.get("heatmap_weight"))
+            outputs["loss"] = self.loss(
+                heatmap, batch["heatmap"], batch.get("heatmap_weight"), keypoints=batch.get("keypoints")
+            )
         if self.post_process is not None and not self.training:
             keypoints, scores = self.post_process(heatmap)
             outputs["pred_keypoints"] = keypoints

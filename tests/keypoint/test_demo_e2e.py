@@ -1,0 +1,65 @@
+"""`hat demo keypoint`, very small: every step of the chain runs and the report is complete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from hat.demo import run_demo
+from hat.plugins import PluginHost, set_host
+
+SMALL = [
+    "float_trainer.num_epochs=1",
+    "calibration_steps=2",
+    "qat_trainer.num_steps=2",
+    "compile.runs=3",
+    "compile.warmup=1",
+    "batch_size=8",
+    "num_workers=0",
+]
+
+
+@pytest.fixture()
+def keypoint_host() -> Iterator[PluginHost]:
+    import hat_keypoint.plugin as plugin
+
+    host = PluginHost(entry_points=False, extra=[(plugin, "hat-keypoint")])
+    previous = set_host(host)
+    yield host
+    set_host(previous)
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_and_writes_the_report(keypoint_host, tmp_path: Path) -> None:
+    report = run_demo(
+        "keypoint",
+        tmp_path,
+        overrides=SMALL,
+        synth_options={"num_sequences": 1, "frames_per_sequence": 6},
+        host=keypoint_host,
+    )
+    on_disk = json.loads((tmp_path / "demo_report.json").read_text())
+    assert on_disk == report
+    assert set(report["stages"]) == {"float", "calibration", "qat", "int_infer"}
+    for values in report["stages"].values():
+        assert set(values) == {"PCK@0.1", "MeanKeypointDist"}
+        assert 0.0 <= values["PCK@0.1"] <= 1.0
+    # the int8 ONNX model reproduces the QAT simulation it was exported from
+    assert report["stages"]["int_infer"]["MeanKeypointDist"] == pytest.approx(
+        report["stages"]["qat"]["MeanKeypointDist"], rel=0.05, abs=0.5
+    )
+    assert report["latency_ms"]["int8_opt3"] > 0 and report["latency_ms"]["float_onnx"] > 0
+    assert report["int8_flops_share"] > 0.99
+    assert report["wall_s"] > 0
+    for stage in ("float", "calibration", "qat", "int_infer"):
+        assert (tmp_path / "predict" / f"{stage}.json").is_file()
+    for name in ("model.onnx", "model.float.onnx", "export.json"):
+        assert (tmp_path / "export" / name).is_file()
+    assert (tmp_path / "compile" / "perf.html").is_file()
+    assert len(report["pictures"]) == 3
+    for picture in report["pictures"]:
+        assert cv2.imread(picture) is not None

@@ -1,0 +1,37 @@
+"""The repository keeps its promises: the README's commands are what CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command_after(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```bash\n(.+?)\n```", text, re.S)
+    assert match, f"README has no {marker} block"
+    lines = [line for line in match.group(1).splitlines() if line.strip()]
+    assert len(lines) == 1, f"the {marker} must be exactly one command, got {lines}"
+    return lines[0].strip()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = _command_after("test-command")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci, f".ci/run must run the README's test command {command!r}"
+
+
+def test_readme_main_command_installs_and_runs_the_demo() -> None:
+    command = _command_after("main-command")
+    assert "constraints.txt" in command and command.endswith("hat demo")
+    for package in re.findall(r"-e (\S+)", command):
+        assert (ROOT / package / "pyproject.toml").is_file(), f"{package} is not an installable package"
+
+
+def test_constraints_pin_the_cpu_torch_and_numpy_1() -> None:
+    pins = (ROOT / "constraints.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", pins, re.M)
+    assert re.search(r"^numpy.*<2", pins, re.M)
+    assert "opencv-python-headless" in pins and not re.search(r"^opencv-python==", pins, re.M)
