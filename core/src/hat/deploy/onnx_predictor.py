@@ -15,9 +15,7 @@ import numpy as np
 import torch
 
 from hat.engine.context import RunContext
-from hat.engine.loader import build_loader
 from hat.engine.predictor import write_prediction
-from hat.engine.runlog import RunLog
 from hat.engine.runner import LoopRunner, batch_size_of
 from hat.errors import UserError
 from hat.metrics import Metric
@@ -107,17 +105,9 @@ class OnnxPredictor(LoopRunner):
         )
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        self.context = ctx
-        self.log = RunLog(ctx.log_path())
+        self.begin(ctx)
         model = self.onnx_model(ctx)
-        loader = build_loader(
-            self.data_loader_cfg,
-            ctx.registry,
-            seed=ctx.seed,
-            train=False,
-            path=f"{ctx.path}.data_loader",
-            locate=ctx.locate,
-        )
+        loader = self.build_data_loader(ctx, train=False)
         for metric in self.val_metrics:
             metric.reset()
         samples = 0

@@ -16,9 +16,8 @@ import torch
 from hat.engine.callbacks.base import Callback
 from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
-from hat.engine.loader import build_loader, set_loader_epoch
+from hat.engine.loader import set_loader_epoch
 from hat.engine.processors import MultiBatchProcessor
-from hat.engine.runlog import RunLog
 from hat.engine.runner import LoopRunner
 from hat.engine.state import LoopState
 from hat.metrics import Metric
@@ -48,17 +47,9 @@ class Calibrator(LoopRunner):
         self.log_interval = log_interval
 
     def fit(self, ctx: RunContext) -> LoopState:
-        self.context = ctx
-        self.log = RunLog(ctx.log_path())
+        self.begin(ctx)
         model = self.convert_model(ctx)
-        loader = build_loader(
-            self.data_loader_cfg,
-            ctx.registry,
-            seed=ctx.seed,
-            train=True,
-            path=f"{ctx.path}.data_loader",
-            locate=ctx.locate,
-        )
+        loader = self.build_data_loader(ctx, train=True)
         state = LoopState(
             stage=ctx.stage,
             work_dir=ctx.work_dir,

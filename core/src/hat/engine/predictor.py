@@ -13,8 +13,6 @@ from hat import console
 from hat.engine import distributed
 from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
-from hat.engine.loader import build_loader
-from hat.engine.runlog import RunLog
 from hat.engine.runner import LoopRunner, evaluate
 from hat.metrics import Metric
 from hat.registry import register_type
@@ -39,17 +37,9 @@ class Predictor(LoopRunner):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Evaluate; writes ``<work-dir>/predict/<stage>.json`` and prints a table."""
-        self.context = ctx
-        self.log = RunLog(ctx.log_path())
+        self.begin(ctx)
         model = self.convert_model(ctx)
-        loader = build_loader(
-            self.data_loader_cfg,
-            ctx.registry,
-            seed=ctx.seed,
-            train=False,
-            path=f"{ctx.path}.data_loader",
-            locate=ctx.locate,
-        )
+        loader = self.build_data_loader(ctx, train=False)
         with self.progress(f"predict {ctx.stage}", len(loader)):
             metrics, samples = evaluate(
                 model,

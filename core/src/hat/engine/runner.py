@@ -43,6 +43,25 @@ class LoopRunner:
         self._progress = None
         self._task_id = None
 
+    # -- run setup --------------------------------------------------------------------------
+    def begin(self, ctx: RunContext) -> None:
+        """Remember the run's context and open its log (every runner starts this way)."""
+        self.context = ctx
+        self.log = RunLog(ctx.log_path())
+
+    def build_data_loader(self, ctx: RunContext, *, train: bool) -> torch.utils.data.DataLoader:
+        """This runner's ``data_loader`` config, built for the run (see hat.engine.loader)."""
+        from hat.engine.loader import build_loader
+
+        return build_loader(
+            self.data_loader_cfg,
+            ctx.registry,
+            seed=ctx.seed,
+            train=train,
+            path=f"{ctx.path}.data_loader",
+            locate=ctx.locate,
+        )
+
     # -- model ----------------------------------------------------------------------------
     def device(self) -> torch.device:
         return torch.device(self.device_name) if self.device_name else distributed.device()

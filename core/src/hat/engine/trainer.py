@@ -21,10 +21,9 @@ from hat.engine.callbacks.base import Callback
 from hat.engine.checkpoint_io import load_checkpoint, restore_rng
 from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
-from hat.engine.loader import build_loader, set_loader_epoch
+from hat.engine.loader import set_loader_epoch
 from hat.engine.optim import build_optimizer
 from hat.engine.processors import MultiBatchProcessor, NonFiniteLoss
-from hat.engine.runlog import RunLog
 from hat.engine.runner import LoopRunner
 from hat.engine.state import LoopState
 from hat.errors import UserError
@@ -87,14 +86,7 @@ class Trainer(LoopRunner):
 
     def _setup(self, ctx: RunContext) -> tuple[LoopState, torch.utils.data.DataLoader]:
         model = self._wrap(self.convert_model(ctx))
-        loader = build_loader(
-            self.data_loader_cfg,
-            ctx.registry,
-            seed=ctx.seed,
-            train=True,
-            path=f"{ctx.path}.data_loader",
-            locate=ctx.locate,
-        )
+        loader = self.build_data_loader(ctx, train=True)
         if len(loader) == 0:
             raise UserError(
                 f"the training data loader of {ctx.path} yields no batch",
@@ -152,8 +144,7 @@ class Trainer(LoopRunner):
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, ctx: RunContext) -> LoopState:
         """Train; returns the final loop state (metrics of the last validation included)."""
-        self.context = ctx
-        self.log = RunLog(ctx.log_path())
+        self.begin(ctx)
         state, loader = self._setup(ctx)
         if ctx.resume:
             if not ctx.checkpoint_path("last").is_file():
