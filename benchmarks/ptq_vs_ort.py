@@ -19,8 +19,12 @@ reads them in).
 
 Every model is then measured the same way: the task metric over the validation set
 (``OnnxModel`` at opt 3 with the config's ``int_infer_predictor`` post-processing and
-metrics), latency at opt 3 with ``--threads`` threads (median of ``--runs``, variants
-interleaved), and the share of FLOPs onnxruntime runs in int8 kernels at opt 3.
+metrics), the SQNR of its raw outputs against the float model's on the same samples
+(a fidelity figure that does not depend on how good the float model is), latency at
+opt 3 with ``--threads`` threads (median of ``--runs``, variants interleaved), and the
+share of FLOPs onnxruntime runs in int8 kernels at opt 3. onnxruntime's Percentile
+calibrator keeps every intermediate tensor of every calibration sample in memory
+(about 7 GB for the tiny keypoint config's 304 samples).
 
     python benchmarks/ptq_vs_ort.py [--work-dir hat-work/demo-keypoint] [--calib-batches 10] [--out FILE]
 """
@@ -65,7 +69,11 @@ def observer_overrides(observer: str, percentile: float) -> list[str]:
 
 
 def calibration_samples(stage_cfg, host, num_batches: int, input_map: dict[str, str]) -> list[dict[str, np.ndarray]]:
-    """The first ``num_batches`` batches of ``calibration_loader``, split into batch-1 feeds."""
+    """The first ``num_batches`` batches of ``calibration_loader``, split into batch-1 feeds.
+
+    Read as HAT's calibrator reads them: epoch 0's order, then epoch 1's, ... when the
+    loader holds fewer than ``num_batches`` batches.
+    """
     from hat.engine.loader import build_loader, set_loader_epoch
 
     cfg = stage_cfg.config
@@ -77,14 +85,20 @@ def calibration_samples(stage_cfg, host, num_batches: int, input_map: dict[str, 
         path="calibration_loader",
         locate=cfg.locate,
     )
-    set_loader_epoch(loader, 0)  # as the calibrator does before its first batch
+    if len(loader) == 0:
+        raise SystemExit("the calibration loader is empty")
     samples: list[dict[str, np.ndarray]] = []
-    for i, batch in enumerate(loader):
-        if i >= num_batches:
-            break
-        arrays = {name: torch.as_tensor(batch[key]).float().numpy() for name, key in input_map.items()}
-        size = next(iter(arrays.values())).shape[0]
-        samples += [{name: np.ascontiguousarray(a[j : j + 1]) for name, a in arrays.items()} for j in range(size)]
+    batches, epoch = 0, 0
+    while batches < num_batches:
+        set_loader_epoch(loader, epoch)
+        for batch in loader:
+            arrays = {name: torch.as_tensor(batch[key]).float().numpy() for name, key in input_map.items()}
+            size = next(iter(arrays.values())).shape[0]
+            samples += [{n: np.ascontiguousarray(a[j : j + 1]) for n, a in arrays.items()} for j in range(size)]
+            batches += 1
+            if batches >= num_batches:
+                break
+        epoch += 1
     return samples
 
 
@@ -122,8 +136,11 @@ def ort_quantize(float_onnx: Path, out: Path, samples, *, activation: str, metho
     )
 
 
-def evaluate(path: Path, stage_cfg, host, predictor, threads: int) -> tuple[dict[str, float], int]:
-    """The task metrics of an ONNX model over the validation set (int_infer's loop)."""
+def evaluate(
+    path: Path, stage_cfg, host, predictor, threads: int
+) -> tuple[dict[str, float], int, dict[str, np.ndarray]]:
+    """The task metrics of an ONNX model over the validation set (int_infer's loop), the
+    number of samples, and the raw network outputs (before post-processing)."""
     from hat.deploy.onnx_predictor import OnnxModel
     from hat.engine.loader import build_loader
 
@@ -141,17 +158,27 @@ def evaluate(path: Path, stage_cfg, host, predictor, threads: int) -> tuple[dict
     for metric in metrics:
         metric.reset()
     samples = 0
+    raw: dict[str, list[np.ndarray]] = {}
     for batch in loader:
         outputs = model(batch)
+        for name, value in outputs.items():
+            raw.setdefault(name, []).append(value.numpy())
+        samples += next(iter(outputs.values())).shape[0]
         if predictor.post_process is not None:
             outputs = predictor.post_process(outputs, batch)
         for metric in metrics:
             metric.update(batch, outputs)
-        samples += next(iter(outputs.values())).shape[0]
     values: dict[str, float] = {}
     for metric in metrics:
         values.update(metric.compute())
-    return values, samples
+    return values, samples, {name: np.concatenate(parts) for name, parts in raw.items()}
+
+
+def sqnr_db(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio of the raw outputs vs the float model's, in dB."""
+    signal = sum(float(np.sum(reference[k].astype(np.float64) ** 2)) for k in reference)
+    noise = sum(float(np.sum((reference[k].astype(np.float64) - quantized[k]) ** 2)) for k in reference)
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(signal / noise))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -191,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import logging
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing and more
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 140)
     host = get_host()
     root = args.work_dir / "ptq"
     base = [f"data_root={args.work_dir / 'data'}", f"calibration_steps={args.calib_batches}", *args.overrides]
@@ -213,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage_cfg = stage_config(run_dir, observer_overrides(observer, args.percentile))
         console.print(f"HAT calibration ({observer}) + export ...")
         start = time.perf_counter()
-        stages.train(stage_cfg, "calibration", host=host)
+        stages.train(stage_cfg, "calibration", host=host)  # includes the calibrator's validation pass
+        calibrate_s = time.perf_counter() - start
         exported = commands.export(stage_cfg, "calibration", host=host)
         label = f"HAT percentile {args.percentile}" if observer == "percentile" else "HAT min_max"
         models.append(
@@ -222,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "quantizer": "hat",
                 "activations": "uint8 after ReLU, else int8",
                 "path": exported.onnx_path,
-                "quantize_s": round(time.perf_counter() - start, 1),
+                "calibrate_s": round(calibrate_s, 1),
+                "export_s": round(time.perf_counter() - start - calibrate_s, 1),
             }
         )
     stage_cfg = stage_config(root / "hat-percentile")
@@ -238,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     input_names = list(deploy_inputs(stage_cfg.config))
     input_map = {name: dict(predictor.inputs or {}).get(name, name) for name in input_names}
     samples = calibration_samples(stage_cfg, host, args.calib_batches, input_map)
-    console.print(f"{len(samples)} calibration samples ({args.calib_batches} batches)")
+    calib_samples = len(samples)
+    console.print(f"{calib_samples} calibration samples ({args.calib_batches} batches)")
     ort_dir = root / "ort"
     if ort_dir.exists():
         shutil.rmtree(ort_dir)
@@ -276,7 +306,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runnable = [m for m in models if "error" not in m]
     for model in runnable:
         console.print(f"evaluating {model['method']} ...")
-        model["metrics"], model["samples"] = evaluate(model["path"], stage_cfg, host, predictor, args.threads)
+        model["metrics"], model["samples"], raw = evaluate(model["path"], stage_cfg, host, predictor, args.threads)
+        if model is runnable[0]:
+            float_raw = raw  # the float model comes first
+        model["output_sqnr_db"] = round(sqnr_db(float_raw, raw), 2) if model is not runnable[0] else None
         with tempfile.TemporaryDirectory(prefix="hat-bench-ptq-") as tmp:
             compiled = backend.compile(model["path"], 3, Path(tmp) / "model.opt3.onnx")
             analysis = analyze(compiled, exported=model["path"], inputs=feeds, opt_level=3)
@@ -326,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("method", "left"),
         *((name, "right") for name in metric_names),
         (f"{headline} / float", "right"),
+        ("output SQNR dB", "right"),
         ("latency ms", "right"),
         ("speed-up vs float", "right"),
         ("int8 FLOPs share", "right"),
@@ -333,12 +367,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table.add_column(column, justify=justify)
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], *("-" for _ in metric_names), "failed", "-", "-", "-")
+            table.add_row(row["method"], *("-" for _ in metric_names), "failed", "-", "-", "-", "-")
             continue
         table.add_row(
             row["method"],
             *(f"{row['metrics'][m]:.4f}" for m in metric_names),
             f"{row['headline_vs_float']:.4f}" if row["headline_vs_float"] is not None else "-",
+            f"{row['output_sqnr_db']:.1f}" if row.get("output_sqnr_db") is not None else "-",
             f"{row['latency']['median_ms']:.3f}",
             f"{row['speedup_vs_float']:.2f}x" if row.get("speedup_vs_float") else "-",
             f"{row['int8_flops_share']:.1%}" if row.get("int8_flops_share") is not None else "-",
@@ -364,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "float_onnx": str(float_onnx),
         "float_onnx_same_as_demo_export": same_as_demo,
         "calib_batches": args.calib_batches,
-        "calib_samples": args.calib_batches * int(stage_cfg.config["calibration_loader"].get("batch_size", 1)),
+        "calib_samples": calib_samples,
         "hat_percentile": args.percentile,
         "ort_settings": "quant_pre_process; quantize_static QDQ, per_channel, weights QInt8, reduce_range False",
         "threads": args.threads,
