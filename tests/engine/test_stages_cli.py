@@ -147,3 +147,14 @@ def test_calops_counts_the_deploy_model(toy_engine_host, capsys) -> None:
     assert "2 x MACs" in report["flops_definition"]
     code, out, _ = hat(capsys, "calops", "toy", "--set", "deploy_inputs.x=[1, 0]")
     assert code == 2
+
+
+def test_config_show_fills_in_the_work_dir_like_the_stage_commands(toy_engine_host, capsys) -> None:
+    import yaml
+
+    code, out, err = hat(capsys, "config", "show", "toy")
+    assert code == 0, err
+    shown = yaml.safe_load(out)
+    assert shown["work_dir"] == "hat-work/toy_engine" and shown["task"] == "toy"
+    pipeline = shown["calibration_trainer"]["model_convert_pipeline"]
+    assert pipeline["converters"][0]["checkpoint_path"] == "hat-work/toy_engine/float-checkpoint-best.pth.tar"

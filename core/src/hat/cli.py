@@ -144,9 +144,15 @@ def config_show(
     overrides: SetOption = None,
 ) -> None:
     """Print the fully resolved config (bases merged, overrides applied, ${...} filled in)."""
-    from hat.task_config import load_task_config
+    from hat.plugins import get_host
+    from hat.stages import default_work_dir
+    from hat.task_config import load_task_config, resolve_config_ref
 
-    cfg = load_task_config(ref, overrides or ())
+    host = get_host()
+    _, name = resolve_config_ref(ref, host)
+    # the same values the stage commands provide, so ${work_dir} and ${task} resolve here too
+    defaults = {"work_dir": str(default_work_dir(name)), "task": ref if ref in host.tasks.items else ""}
+    cfg = load_task_config(ref, overrides or (), host=host, defaults=defaults)
     console.info(f"# {cfg.name} ({cfg.path})")
     console.out.print(cfg.to_yaml(), end="", markup=False)
 
