@@ -245,6 +245,7 @@ def train_command(
     try:
         state = stages.train(stage_cfg, stage, resume=resume)
         main_rank = distributed.is_main()
+        distributed.barrier()  # leave together (see distributed.shutdown)
     finally:
         distributed.shutdown()
     if main_rank:
@@ -267,6 +268,7 @@ def predict_command(
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
         stages.predict(stage_cfg, stage)
+        distributed.barrier()
     finally:
         distributed.shutdown()
 

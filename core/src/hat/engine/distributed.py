@@ -84,5 +84,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def shutdown() -> None:
+    """Leave the process group. After a successful run call :func:`barrier` first: a rank
+    that tears gloo down while another still talks to it can abort the run at the very end
+    (seen as SIGABRT in CI). After a failure do not wait: the other ranks may never come."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
