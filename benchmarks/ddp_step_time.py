@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import environment, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -337,14 +337,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "timing": "median wall time between consecutive optimizer-step ends on rank 0",
         "backend": "gloo (CPU)",
         "results": rows,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(args.out, result, console)
     return result
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import environment, run, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -274,16 +275,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
         "cpu": _cpu_name(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(args.out, result, console)
     return result
 
 
@@ -298,10 +293,4 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    from hat.errors import UserError
-
-    try:
-        main()
-    except UserError as exc:  # a missing prerequisite or a bad override: HAT's own message
-        print(exc.render(), file=sys.stderr)
-        raise SystemExit(2) from None
+    run(main)

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _common import environment, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -182,10 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             "loose_bytes": directory_bytes(loose),
             "lmdb_bytes": directory_bytes(summary.path),
             "results": rows,
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            **environment(),
         }
 
     table = Table(title=f"pack_read: {args.num_samples} JPEG {IMAGE_SIZE}x{IMAGE_SIZE} + annotation, warm cache")
@@ -207,9 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"packed in {result['pack_seconds']}s; loose {result['loose_bytes'] / 1e6:.1f} MB, "
         f"LMDB {result['lmdb_bytes'] / 1e6:.1f} MB"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(args.out, result, console)
     return result
 
 

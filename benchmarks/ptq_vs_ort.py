@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import filecmp
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -46,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import environment, run, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -201,7 +199,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--calib-batches, --threads, --runs and --rounds must be >= 1, --warmup >= 0")
     check_demo_outputs(args.work_dir, args.task)
 
-    import onnxruntime
     from onnxruntime.quantization import quant_pre_process
 
     from hat import console as hat_console
@@ -407,23 +404,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "headline_metric": headline,
         "results": rows,
         "wall_s": round(time.perf_counter() - started, 1),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(args.out, result, console)
     return result
 
 
 if __name__ == "__main__":
-    from hat.errors import UserError
-
-    try:
-        main()
-    except UserError as exc:  # a missing prerequisite or a bad override: HAT's own message
-        print(exc.render(), file=sys.stderr)
-        raise SystemExit(2) from None
+    run(main)

@@ -24,16 +24,13 @@ is the figure that matters: the accuracy of the real int8 model relative to floa
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from _common import environment, run, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -207,22 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "headline_metric": headline,
         "results": rows,
         "wall_s": round(time.perf_counter() - started, 1),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    write_result(args.out, result, console)
     return result
 
 
 if __name__ == "__main__":
-    from hat.errors import UserError
-
-    try:
-        main()
-    except UserError as exc:  # a missing prerequisite or a bad override: HAT's own message
-        print(exc.render(), file=sys.stderr)
-        raise SystemExit(2) from None
+    run(main)

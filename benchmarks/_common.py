@@ -1,0 +1,48 @@
+"""What every benchmark does the same way: record the environment, write its JSON, exit 2 on a user error.
+
+Imported as ``_common`` (the scripts run as ``python benchmarks/<name>.py``, so this folder
+is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine, stored with every result so figures can be compared later."""
+    env: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # the data and engine benchmarks do not need it
+        pass
+    env.update(platform=platform.platform(), cpu_count=os.cpu_count())
+    return env
+
+
+def write_result(path: Path, result: dict[str, Any], console: Console) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    console.print(f"wrote {path}")
+
+
+def run(main: Callable[[], Any]) -> None:
+    """Run ``main``; a HAT user error (a missing prerequisite, a bad override) is its message and exit 2."""
+    from hat.errors import UserError
+
+    try:
+        main()
+    except UserError as exc:
+        print(exc.render(), file=sys.stderr)
+        raise SystemExit(2) from None
