@@ -40,6 +40,7 @@ def hat_register(registry) -> None:
     from hat.engine import calibrator, converters, predictor, processors, trainer
     from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
     from hat.models import efficientnet
+    from hat.nuscenes import metric as nuscenes_metric
     from hat.quant import converters as quant_converters
 
     for name, obj in _torch_types():
@@ -61,6 +62,7 @@ def hat_register(registry) -> None:
         quant_converters,
         efficientnet,
         onnx_predictor,
+        nuscenes_metric,
     ):
         registry.add_marked(module)
 
@@ -77,3 +79,19 @@ def hat_compile_backends():
     from hat.deploy.ort_backend import OnnxRuntimeBackend
 
     return {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+
+
+@hookimpl
+def hat_packers():
+    # The packer and generator modules import without nuscenes-devkit; they ask for it
+    # (and say how to install it) only when they run.
+    from hat.nuscenes.packer import NuscenesPacker
+
+    return {NuscenesPacker.dataset: NuscenesPacker}
+
+
+@hookimpl
+def hat_synth():
+    from hat.nuscenes.synth import generate_nuscenes
+
+    return {"nuscenes": generate_nuscenes}

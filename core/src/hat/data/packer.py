@@ -38,6 +38,8 @@ class Packer(ABC):
     dataset: ClassVar[str]
     #: What the raw layout should look like, e.g. "<src>/list/train_gt.txt".
     layout_hint: ClassVar[str | None] = None
+    #: Also log a line every this many records (for logs of long packs, where a bar does not show).
+    progress_every: ClassVar[int | None] = None
 
     def __init__(self, src: Path, split: str) -> None:
         self.src = Path(src)
@@ -112,7 +114,7 @@ def run_pack(
         closing(_convert(packer, records, num_workers)) as outcomes,  # closing stops the pool on error
     ):
         task = bar.add_task(f"pack {packer.dataset}/{packer.split}", total=len(records))
-        for outcome in outcomes:
+        for done, outcome in enumerate(outcomes, start=1):
             if isinstance(outcome, BadSourceRecord):
                 if not skip_bad:
                     raise outcome
@@ -121,6 +123,8 @@ def run_pack(
                 for data in outcome:
                     writer.write_encoded(data)
             bar.advance(task)
+            if packer.progress_every and done % packer.progress_every == 0 and done < len(records):
+                console.info(f"pack {packer.dataset}/{packer.split}: {done}/{len(records)} records")
         if writer.num_samples == 0:
             raise UserError(
                 f"{packer.dataset} split {packer.split!r} produced no samples from {len(records)} records",
