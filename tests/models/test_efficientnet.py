@@ -92,6 +92,23 @@ def test_out_indices_select_features() -> None:
     torch.testing.assert_close(selected[1], all_features[1])
 
 
+def test_num_stages_builds_a_prefix_of_the_full_model() -> None:
+    full = EfficientNet("b0", include_top=False, use_se_block=False).eval()
+    short = EfficientNet("b0", include_top=False, use_se_block=False, num_stages=3).eval()
+    assert len(short.stages) == 3 and short.out_indices == (0, 1, 2)
+    assert short.out_channels == [16, 24, 40] and short.strides == [2, 4, 8]
+    assert count(short) < count(full) / 20  # the deep stages hold nearly all parameters
+    missing, unexpected = short.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and unexpected
+    assert {k.split(".")[1] for k in unexpected} == {"3", "4", "5", "6"}  # stages.<i>...
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for mine, theirs in zip(short(x), full(x)[:3], strict=True):
+            torch.testing.assert_close(mine, theirs)
+    stride16 = EfficientNet("b0", include_top=False, num_stages=5, out_indices=[3])
+    assert stride16.out_channels == [112] and stride16.strides == [16]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -100,6 +117,10 @@ def test_out_indices_select_features() -> None:
         ({"out_indices": (0, 5)}, "out_indices"),
         ({"out_indices": (), "include_top": False}, "nothing to return"),
         ({"drop_connect_rate": 1.0}, "drop_connect_rate"),
+        ({"num_stages": 0, "include_top": False}, "num_stages"),
+        ({"num_stages": 8, "include_top": False}, "num_stages"),
+        ({"num_stages": 5}, "include_top needs all 7"),
+        ({"num_stages": 3, "include_top": False, "out_indices": (2, 3)}, "beyond num_stages"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, message: str) -> None:

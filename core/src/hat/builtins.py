@@ -35,17 +35,18 @@ def _torch_types() -> list[tuple[str, type]]:
 
 @hookimpl
 def hat_register(registry) -> None:
-    from hat.data import dataset, transforms
+    from hat.data import collate, dataset, transforms
     from hat.deploy import onnx_predictor
     from hat.engine import calibrator, converters, predictor, processors, trainer
     from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
-    from hat.models import efficientnet
+    from hat.models import bifpn, efficientnet
     from hat.nuscenes import metric as nuscenes_metric
     from hat.quant import converters as quant_converters
 
     for name, obj in _torch_types():
         registry.add(obj, name)
     for module in (
+        collate,
         dataset,
         transforms,
         trainer,
@@ -61,6 +62,7 @@ def hat_register(registry) -> None:
         freeze_bn,
         quant_converters,
         efficientnet,
+        bifpn,
         onnx_predictor,
         nuscenes_metric,
     ):

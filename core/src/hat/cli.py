@@ -419,6 +419,10 @@ def infer_command(
     inputs: Annotated[list[Path], typer.Option("--input", help="An input file (repeatable).")],
     save_path: Annotated[Path, typer.Option("--save-path", help="Directory for the drawn results.")],
     model: Annotated[str, typer.Option("--model", help="int8 (export/model.onnx) or float.")] = "int8",
+    calib: Annotated[
+        Optional[Path],
+        typer.Option("--calib", help="Camera calibration JSON, for tasks whose model needs the intrinsics (fcos3d)."),
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     work_dir: WorkDirOption = None,
@@ -426,7 +430,8 @@ def infer_command(
     """Run the exported model on files and draw what it found."""
     from hat.infer import run_infer
 
-    written = run_infer(_stage_config(task, config, overrides, work_dir), inputs, save_path, model=model)
+    options = {"calib": calib} if calib is not None else {}
+    written = run_infer(_stage_config(task, config, overrides, work_dir), inputs, save_path, model=model, **options)
     for path in written:
         console.out.print(str(path))
 

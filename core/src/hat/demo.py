@@ -30,7 +30,10 @@ class DemoRecipe:
     ``synth_options`` / ``pack_options``: their keyword options. ``splits``: the splits to
     pack. ``data_root_key``: the config's top-level key for the packed data directory.
     ``overrides``: extra ``--set`` values for a short run. ``metrics``: the metric names
-    shown per stage. ``infer_inputs(raw_dir)``: a few raw files to run `hat infer` on.
+    shown per stage. ``infer_inputs(raw_dir)``: a few raw files to run `hat infer` on;
+    ``infer_options(raw_dir)``: the keyword options that `hat infer` needs with them (e.g.
+    ``{"calib": path}``). ``raw_root_key``: a config key set to the raw dataset directory,
+    for metrics that evaluate against the raw dataset itself (the nuScenes devkit).
     """
 
     config: str
@@ -43,6 +46,8 @@ class DemoRecipe:
     overrides: Sequence[str] = ()
     stages: Sequence[str] = ("float", "calibration", "qat")
     infer_inputs: Callable[[Path], list[Path]] | None = None
+    infer_options: Callable[[Path], dict[str, Any]] | None = None
+    raw_root_key: str | None = None
 
 
 def run_demo(
@@ -72,14 +77,18 @@ def run_demo(
         raise UserError(f"task {task!r} has no demo", hint="see `hat list` for tasks with a demo")
     start = time.perf_counter()
     raw, data = work_dir / "raw", work_dir / "data"
-    overrides = [f"{recipe.data_root_key}={data}", *recipe.overrides]
+    settings = [f"{recipe.data_root_key}={data}", *recipe.overrides]
+    if recipe.raw_root_key is not None:
+        settings.append(f"{recipe.raw_root_key}={raw}")
+    settings += list(overrides)  # the caller's last, so they win
+    synth = {**recipe.synth_options, **(synth_options or {})}
     stage_cfg = stage_runner.load_stage_config(
-        task, config_ref=recipe.config, overrides=overrides, work_dir=work_dir, host=host
+        task, config_ref=recipe.config, overrides=settings, work_dir=work_dir, host=host
     )
     steps: list[tuple[str, Callable[[], Any]]] = [
         (
             f"synth {recipe.dataset}",
-            lambda: host.synth_generator(recipe.dataset)(raw, seed=seed, **recipe.synth_options),
+            lambda: host.synth_generator(recipe.dataset)(raw, seed=seed, **synth),
         ),
     ]
     packer = host.packer(recipe.dataset)
@@ -113,7 +122,14 @@ def run_demo(
             (
                 "infer",
                 lambda: pictures.extend(
-                    str(p) for p in run_infer(stage_cfg, recipe.infer_inputs(raw), work_dir / "infer", host=host)
+                    str(p)
+                    for p in run_infer(
+                        stage_cfg,
+                        recipe.infer_inputs(raw),
+                        work_dir / "infer",
+                        host=host,
+                        **(recipe.infer_options(raw) if recipe.infer_options else {}),
+                    )
                 ),
             )
         )

@@ -4,13 +4,17 @@ The model is the exported int8 ONNX (or, with ``--model float``, model.float.onn
 onnxruntime, as it would run on the device. What to read, how to pre-process, decode
 and draw is the task's: its config's ``infer`` section builds a registered *inferer*,
 ``inferer(paths, model, save_path) -> written files``, where ``model(batch)`` maps a
-dict of input tensors to a dict of output tensors.
+dict of input tensors to a dict of output tensors. Options such as ``--calib`` (the
+camera intrinsics a 3D detector needs) reach the inferer as keyword arguments; an
+inferer that takes none refuses them with a clear message.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
@@ -26,6 +30,7 @@ def run_infer(
     *,
     model: str = "int8",
     host: PluginHost | None = None,
+    **options: Any,
 ) -> list[Path]:
     from hat.deploy.onnx_predictor import OnnxModel
 
@@ -42,6 +47,12 @@ def run_infer(
     if not path.is_file():
         raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
     inferer = host.registry.build(cfg["infer"], path="infer", locate=cfg.locate)
+    accepted = inspect.signature(inferer).parameters
+    for name, value in options.items():
+        if name not in accepted:
+            raise UserError(f"`hat infer {stage_cfg.task}` takes no --{name}", hint="leave it out for this task")
+        if isinstance(value, Path) and not value.is_file():
+            raise UserError(f"--{name} file not found: {value}")
     save_path = Path(save_path)
     save_path.mkdir(parents=True, exist_ok=True)
-    return list(inferer([Path(p) for p in inputs], OnnxModel(path), save_path))
+    return list(inferer([Path(p) for p in inputs], OnnxModel(path), save_path, **options))

@@ -200,7 +200,14 @@ class EfficientNet(nn.Module):
         include_top: build the 1x1 head conv, pooling, dropout and classifier.
         drop_connect_rate: stochastic-depth rate of the last block (linearly less for
             earlier ones); training only.
-        out_indices: which of the stride-2/4/8/16/32 features ``forward`` returns.
+        out_indices: which of the stride-2/4/8/16/32 features ``forward`` returns; by
+            default every one the built stages produce.
+        num_stages: build only the first ``num_stages`` of the seven MBConv stages (1..7,
+            default all): a backbone for a head that reads only shallower features, without
+            the cost and the never-trained parameters of the deeper stages. Each stage that
+            is built is exactly the full model's (a full checkpoint loads with
+            ``ignore_extra``); with fewer than seven there is no top, and ``out_indices``
+            may only name features those stages produce (3 stages end at stride 8, 5 at 16).
     """
 
     def __init__(
@@ -212,16 +219,30 @@ class EfficientNet(nn.Module):
         use_se_block: bool = True,
         include_top: bool = True,
         drop_connect_rate: float = 0.2,
-        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+        out_indices: Sequence[int] | None = None,
+        num_stages: int | None = None,
     ) -> None:
         super().__init__()
         if model_type not in SCALING:
             raise ValueError(f"unknown EfficientNet model_type {model_type!r}; expected one of {sorted(SCALING)}")
         make_activation(activation)  # validates the name before anything is built
+        num_stages = len(BASE_STAGES) if num_stages is None else int(num_stages)
+        if not 1 <= num_stages <= len(BASE_STAGES):
+            raise ValueError(f"num_stages must be in 1..{len(BASE_STAGES)}, got {num_stages}")
+        if include_top and num_stages < len(BASE_STAGES):
+            raise ValueError(f"include_top needs all {len(BASE_STAGES)} stages, got num_stages={num_stages}")
+        available = [i for i, stage in enumerate(FEATURE_STAGES) if stage < num_stages]
+        if out_indices is None:
+            out_indices = available
         out_indices = tuple(int(i) for i in out_indices)
         bad = [i for i in out_indices if not 0 <= i < len(FEATURE_STAGES)]
         if bad:
             raise ValueError(f"out_indices {bad} out of range; features are 0..{len(FEATURE_STAGES) - 1}")
+        beyond = [i for i in out_indices if i not in available]
+        if beyond:
+            raise ValueError(
+                f"out_indices {beyond} come from stages beyond num_stages={num_stages}; features here are {available}"
+            )
         if not out_indices and not include_top:
             raise ValueError("nothing to return: give out_indices or set include_top")
         if not 0.0 <= drop_connect_rate < 1.0:
@@ -229,6 +250,7 @@ class EfficientNet(nn.Module):
 
         self.model_type = model_type
         self.scaling = scaling = SCALING[model_type]
+        self.num_stages = num_stages
         self.out_indices = out_indices
         self.include_top = include_top
         bn = {**DEFAULT_BN_KWARGS, **dict(bn_kwargs or {})}
@@ -236,8 +258,9 @@ class EfficientNet(nn.Module):
         self.stem = ConvBNAct(3, round_filters(STEM_CH, scaling.width), 3, stride=2, act=activation, bn_kwargs=bn)
         specs = [
             (spec, round_filters(spec.in_ch, scaling.width), round_filters(spec.out_ch, scaling.width))
-            for spec in BASE_STAGES
+            for spec in BASE_STAGES[:num_stages]
         ]
+        # Over all seven stages, so a truncated backbone's blocks match the full model's.
         total_blocks = sum(round_repeats(spec.repeats, scaling.depth) for spec in BASE_STAGES)
         stages: list[nn.Sequential] = []
         block_index = 0

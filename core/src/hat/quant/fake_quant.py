@@ -47,6 +47,21 @@ def fake_quant(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x, qparams.scale, qparams.zero_point, QMIN, QMAX)
 
 
+def fake_quant_scalar(value: torch.Tensor) -> torch.Tensor:
+    """A one-element constant on a uint8 grid that holds it exactly: scale ``|v| / 127``,
+    zero point 128, so ``v`` is code ``128 +- 127`` whatever its sign.
+
+    For a constant multiplier such as a learned fusion weight. Exported, it becomes a
+    uint8 initializer behind a DequantizeLinear: onnxruntime fuses ``DQ(x) * DQ(c) -> Q``
+    into QLinearMul only when both operands have the activations' 8-bit type (uint8 after
+    export; an int8 constant leaves the Mul in float), and never for a float constant.
+    The gradient passes straight through (the value is never clamped).
+    """
+    scale = (value.detach().abs().reshape(()).float() / 127.0).clamp(min=1e-12)
+    zero = torch.tensor(128, dtype=torch.int32, device=value.device)
+    return torch.fake_quantize_per_tensor_affine(value, scale, zero, 0, 255)
+
+
 class ActFakeQuant(torch.nn.Module):
     """An activation quantizer with its calibration observer and QAT behaviour.
 

@@ -19,10 +19,12 @@ from hat.quant.fake_quant import (
     QParams,
     WeightFakeQuant,
     fake_quant,
+    fake_quant_scalar,
     qparams_of,
     quantize_bias,
     tag,
 )
+from hat.quant.stubs import check_scalar
 
 #: Fused activations: the float function, and the upper bound the quantizer clamps to.
 ACTIVATIONS = {"relu": (torch.relu, None), "relu6": (F.relu6, 6.0)}
@@ -257,6 +259,14 @@ class QFunctional(QModule):
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.out_quant(torch.mul(a, b))
 
+    def mul_scalar(self, x: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
+        """The product with the constant on its own 8-bit grid (see :func:`fake_quant_scalar`),
+        so the exported graph reads it through a DequantizeLinear and fuses to QLinearMul."""
+        scalar = check_scalar(scalar)
+        if self.out_quant.quantizing:
+            scalar = fake_quant_scalar(scalar)
+        return self.out_quant(torch.mul(x, scalar))
+
     def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return self.out_quant(torch.cat(list(tensors), dim=dim))
 
@@ -264,7 +274,9 @@ class QFunctional(QModule):
         return self.out_quant(torch.matmul(a, b))
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("call .add / .mul / .cat / .matmul on a FloatFunctional, not the module itself")
+        raise RuntimeError(
+            "call .add / .mul / .mul_scalar / .cat / .matmul on a FloatFunctional, not the module itself"
+        )
 
 
 class QTransparent(QModule):

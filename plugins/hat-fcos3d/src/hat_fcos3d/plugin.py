@@ -1,0 +1,60 @@
+"""hat-fcos3d's hook implementations (and nothing else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hat.demo import DemoRecipe
+from hat.plugins import TaskSpec, hookimpl
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = "fcos3d_efficientnetb0_nuscenes"
+TINY_CONFIG = "fcos3d_efficientnetb0_nuscenes-tiny"
+
+
+def _demo_images(raw: Path) -> list[Path]:
+    from hat_fcos3d.infer import demo_images
+
+    return demo_images(raw, count=3)
+
+
+def _demo_calib(raw: Path) -> dict[str, Path]:
+    from hat_fcos3d.infer import demo_calib
+
+    return demo_calib(raw)
+
+
+@hookimpl
+def hat_register(registry) -> None:
+    from hat_fcos3d import dataset, infer, metrics, transforms
+    from hat_fcos3d.model import coder, fcos3d, head, loss, postprocess, target
+
+    for module in (dataset, transforms, metrics, infer, coder, fcos3d, head, loss, postprocess, target):
+        registry.add_marked(module)
+
+
+@hookimpl
+def hat_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name="fcos3d",
+            summary="monocular 3D detection (nuScenes): EfficientNet-b0 + BiFPN + FCOS3D head, NDS/mAP by the devkit",
+            default_config=DEFAULT_CONFIG,
+            dataset="nuscenes",
+            demo=DemoRecipe(
+                config=TINY_CONFIG,
+                dataset="nuscenes",
+                metrics=("NDS", "mAP"),
+                splits=("train", "val"),
+                pack_options={"version": "v1.0-mini"},
+                raw_root_key="nuscenes_root",
+                infer_inputs=_demo_images,
+                infer_options=_demo_calib,
+            ),
+        )
+    ]
+
+
+@hookimpl
+def hat_configs() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
