@@ -305,3 +305,26 @@ def test_mode_picks_the_best_by_direction(toy_engine_host, capsys, tmp_path: Pat
         assert best[mode]["callbacks"]["Checkpoint"]["best"] == pytest.approx(chosen["mse"], rel=1e-12)
     assert best["min"]["global_step"] != best["max"]["global_step"]
     assert best["min"]["metrics"]["mse"] < best["max"]["metrics"]["mse"]
+
+
+def test_a_validation_only_at_the_end_still_gives_a_best_checkpoint(toy_engine_host, capsys, tmp_path: Path) -> None:
+    # The validation runs at loop end, after the last epoch's checkpoint was written without the metric.
+    code, _, err = hat(
+        capsys,
+        "train",
+        "toy",
+        "--stage",
+        "float",
+        "--work-dir",
+        str(tmp_path),
+        "--set",
+        "float_trainer.callbacks.2.val_interval=100",
+        "--set",
+        "float_trainer.callbacks.3={type: Checkpoint, monitor_metric_key: mse, mode: min}",
+    )
+    assert code == 0, err
+    validations = _validations(tmp_path)
+    assert len(validations) == 1
+    best = load_checkpoint(tmp_path / "float-checkpoint-best.pth.tar")
+    assert best["metrics"]["mse"] == pytest.approx(validations[0]["mse"], rel=1e-12)
+    assert best["global_step"] == validations[0]["step"] == 32

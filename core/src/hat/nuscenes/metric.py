@@ -137,7 +137,7 @@ class NuscenesMetric(Metric):
         for token, parts in merged.items():
             boxes: list[dict] = []
             if parts:
-                cat = {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}
+                cat = self.merge(parts)
                 order = np.argsort(-cat["score"], kind="stable")[: self.max_boxes_per_sample]
                 for i in order:
                     label = int(cat["label"][i])
@@ -155,6 +155,14 @@ class NuscenesMetric(Metric):
                     )
             results[token] = boxes
         return results
+
+    def merge(self, parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """One sample's detections from its images (e.g. one per camera), as one set.
+
+        Here they are joined; a monocular model whose cameras overlap overrides this to
+        remove the boxes that two cameras both found.
+        """
+        return {f: np.concatenate([p[f] for p in parts]) for f in _FIELDS}
 
     def _compute(self) -> dict[str, float]:
         from nuscenes.eval.common.config import config_factory

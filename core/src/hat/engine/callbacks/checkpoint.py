@@ -59,7 +59,12 @@ class Checkpoint(Callback):
             self._save(state, f"epoch-{state.epoch + 1}")
 
     def on_loop_end(self, state: LoopState) -> None:
-        if self.save_on_loop_end and self._saved_at_step != state.global_step:
+        if not self.save_on_loop_end:
+            return
+        # Saved at this step already, but a validation that runs at the end of the loop may
+        # have produced the metric since: save again only if it is a new best.
+        already = self._saved_at_step == state.global_step
+        if not already or (self.monitor in state.metrics and self._is_better(float(state.metrics[self.monitor]))):
             self._save(state, f"step-{state.global_step}")
 
     # -- saving -----------------------------------------------------------------------------

@@ -32,8 +32,10 @@ Quantization layout:
   grid before the towers; onnxruntime runs it as an int8 QLinearAveragePool.
 * A ``DeQuantStub`` per output kind ends the int8 part.
 * The per-level learned scales of FCOS (on offset, depth and size) cannot fold into the
-  shared predictors' weights; they multiply the dequantized outputs in float (three
-  scalar multiplies per level on a few channels). ``use_scale=False`` removes them.
+  shared predictors' weights (one conv serves every level); each multiplies its level's
+  output through its own ``FloatFunctional.mul_scalar`` before the dequant stub, so it
+  runs as an int8 QLinearMul with the output quantizer after it, and every graph output
+  is on the grid of its last quantizer. ``use_scale=False`` removes them.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import torch
 from torch import nn
 
 from hat.models.layers import ConvBNAct
-from hat.quant import DeQuantStub
+from hat.quant import DeQuantStub, FloatFunctional
 from hat.registry import register_type
 
 #: Regression groups in code order, with the recipe's channel count each.
@@ -88,8 +90,8 @@ class FCOS3DHead(nn.Module):
             the extra 3x3 conv layers before each predictor (``reg_branch`` has one
             tuple per regression group); ``None`` means ``(feat_channels,)`` each
             (``()`` for velocity), the recipe's layout.
-        use_scale: learned per-level scales on offset, depth and size (float multiplies
-            after the int8 part).
+        use_scale: learned per-level scales on offset, depth and size (int8 multiplies
+            inside the int8 part, before the dequant stubs).
         align_levels: requantize every level onto one grid before the shared towers
             (see the module docstring); leave on unless the neck already does it.
         prior_prob: initial foreground probability of the class logits.
@@ -161,6 +163,9 @@ class FCOS3DHead(nn.Module):
         self.dequant = nn.ModuleDict({kind: DeQuantStub() for kind in OUTPUT_KINDS})
         # (levels, 3): columns scale offset, depth, size of each level.
         self.scales = nn.Parameter(torch.ones(self.num_levels, len(SCALED_GROUPS)), requires_grad=use_scale)
+        self.scale_mul = nn.ModuleList(
+            nn.ModuleList(FloatFunctional() for _ in SCALED_GROUPS) for _ in range(self.num_levels)
+        )
         self._init_weights(prior_prob)
 
     def _init_weights(self, prior_prob: float) -> None:
@@ -186,11 +191,10 @@ class FCOS3DHead(nn.Module):
         }
         for name, prev, conv in zip(REG_GROUPS, self.reg_prevs, self.conv_regs, strict=True):
             out[name] = conv(prev(reg_feat))
-        out = {kind: self.dequant[kind](out[kind]) for kind in OUTPUT_KINDS}
         if self.use_scale:
             for column, name in enumerate(SCALED_GROUPS):
-                out[name] = out[name] * self.scales[level, column]
-        return out
+                out[name] = self.scale_mul[level][column].mul_scalar(out[name], self.scales[level, column].reshape(1))
+        return {kind: self.dequant[kind](out[kind]) for kind in OUTPUT_KINDS}
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """``{kind: [per-level (B, C_kind, H_l, W_l)]}`` for the kinds of :data:`OUTPUT_KINDS`."""
