@@ -325,7 +325,16 @@ def _on_grid(bias: np.ndarray, step: np.ndarray, node: onnx.NodeProto) -> np.nda
     rounded = np.rint(ratio)
     miss = np.abs(ratio - rounded)
     allowed = BIAS_GRID_TOLERANCE + 1e-6 * np.abs(ratio)
-    if np.any(miss > allowed) or np.any(np.abs(rounded) > _INT32_MAX):
+    if np.any(np.abs(rounded) > _INT32_MAX):
+        worst = int(np.argmax(np.abs(rounded)))
+        raise ExportError(
+            f"the bias of {node.op_type} does not fit int32 on the grid s_in * s_w "
+            f"(channel {worst}: bias / step = {ratio[worst]:.4g})",
+            node=node.name,
+            module_path=module_path_of(node.name),
+            hint="export the quantized (calibration or QAT) model, whose biases the simulation saturates",
+        )
+    if np.any(miss > allowed):
         worst = int(np.argmax(miss - allowed))
         raise ExportError(
             f"the bias of {node.op_type} is not on the int32 grid s_in * s_w "

@@ -23,6 +23,7 @@ import torch
 from hat.quant.observers import Observer, make_observer
 
 QMIN, QMAX = -128, 127
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _TAG = "_hat_qparams"
 
 
@@ -224,10 +225,12 @@ def quantize_bias(
     """Round a bias to the int32 grid scale_in * scale_weight[c] that the runtime adds.
 
     Straight-through: the forward value is rounded, the gradient passes unchanged.
-    Without a quantized input there is no grid, and the bias stays float.
+    Without a quantized input there is no grid, and the bias stays float. A bias too large
+    for int32 on that grid (a near-zero input range, e.g. a layer behind dead ReLUs)
+    saturates, as the runtime's int32 bias would.
     """
     if bias is None or input_q is None:
         return bias
     step = (input_q.scale * weight_scale.detach()).to(bias.dtype)
-    rounded = torch.round(bias / step) * step
+    rounded = torch.clamp(torch.round(bias / step), INT32_MIN, INT32_MAX) * step
     return bias + (rounded - bias).detach()
