@@ -263,9 +263,11 @@ def test_quantize_bias_grid_and_straight_through() -> None:
 def test_quantize_bias_saturates_at_the_int32_range() -> None:
     # A layer whose input range collapsed (dead ReLUs) has a tiny grid: the bias cannot be
     # represented and saturates, as the int32 accumulator's bias would.
-    bias = torch.tensor([-4.6, 0.5, 1e-12], dtype=torch.float64)
+    bias = torch.tensor([-4.6, 0.5, 1e-12], requires_grad=True)
     step = 1e-13 * 1e-3
-    out = quantize_bias(bias, QParams(1e-13, 0), torch.full((3,), 1e-3, dtype=torch.float64))
+    out = quantize_bias(bias, QParams(1e-13, 0), torch.full((3,), 1e-3))
     assert out[0].item() == pytest.approx(-(2**31) * step, rel=1e-6)
     assert out[1].item() == pytest.approx((2**31 - 1) * step, rel=1e-6)
     assert out[2].item() == pytest.approx(1e-12, rel=1e-3)
+    out.sum().backward()
+    assert torch.equal(bias.grad, torch.ones(3))  # straight through

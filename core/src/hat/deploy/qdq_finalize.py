@@ -322,11 +322,13 @@ def _int8_scales(
 def _on_grid(bias: np.ndarray, step: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """``round(bias / step)`` as int32, after checking the bias was on that grid."""
     ratio = bias / step
-    rounded = np.rint(ratio)
+    # A bias the simulation saturated sits at the int32 limit up to float32 rounding.
+    rounded = np.clip(np.rint(ratio), -_INT32_MAX - 1, _INT32_MAX)
     miss = np.abs(ratio - rounded)
     allowed = BIAS_GRID_TOLERANCE + 1e-6 * np.abs(ratio)
-    if np.any(np.abs(rounded) > _INT32_MAX):
-        worst = int(np.argmax(np.abs(rounded)))
+    overflow = (miss > allowed) & (np.abs(ratio) > _INT32_MAX)
+    if np.any(overflow):
+        worst = int(np.argmax(np.where(overflow, np.abs(ratio), 0)))
         raise ExportError(
             f"the bias of {node.op_type} does not fit int32 on the grid s_in * s_w "
             f"(channel {worst}: bias / step = {ratio[worst]:.4g})",

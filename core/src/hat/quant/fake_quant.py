@@ -232,5 +232,7 @@ def quantize_bias(
     if bias is None or input_q is None:
         return bias
     step = (input_q.scale * weight_scale.detach()).to(bias.dtype)
-    rounded = torch.clamp(torch.round(bias / step), INT32_MIN, INT32_MAX) * step
-    return bias + (rounded - bias).detach()
+    rounded = torch.clamp(torch.round(bias.detach() / step), INT32_MIN, INT32_MAX) * step
+    # ``rounded + (bias - bias)``: the forward value is exactly the rounded one (the form
+    # ``bias + (rounded - bias)`` loses it to float32 cancellation when they differ a lot).
+    return rounded + (bias - bias.detach())
