@@ -251,12 +251,13 @@ def test_deploy_model_converts_entirely_to_int8_and_freezes_exactly() -> None:
         fixed = frozen(x)["heatmap"]
         assert set(frozen(x)) == {"heatmap"}
         deconvs = [modules[p] for p in deconv_paths]
-        assert all(m.as_conv_padding is not None for m in deconvs)  # exported as conv + depth-to-space
+        assert all(m.rewritten for m in deconvs)  # exported as int8 convs + depth-to-space
+        saved = [(m.phases, m.as_conv_padding) for m in deconvs]
         for m in deconvs:  # the frozen transposed conv itself, without the rewrite
-            m.as_conv_padding, padding = None, m.as_conv_padding
+            m.phases, m.as_conv_padding = None, None
         fixed_deconv = frozen(x)["heatmap"]
-        for m in deconvs:
-            m.as_conv_padding = padding
+        for m, (phases, padding) in zip(deconvs, saved, strict=True):
+            m.phases, m.as_conv_padding = phases, padding
     assert fixed.shape == (2, NUM, 32, 32)
     # Freezing (weights and biases as constants on their grids) changes nothing.
     assert torch.allclose(fixed_deconv, simulated, atol=1e-5)

@@ -128,8 +128,9 @@ def test_freeze_equals_unfrozen_simulation(converted) -> None:
         frozen = freeze(qmodel)
         assert frozen is qmodel and not frozen.training
         out = frozen(x)
-    assert frozen.up[0].as_conv_padding is not None  # the transposed conv runs as conv + depth-to-space
-    assert frozen.up[0].conv_weight.shape[0] == 8 * 2 * 2
+    # the transposed conv runs as one 2x2 conv per output phase + depth-to-space
+    assert frozen.up[0].phases == [(1, 0, 1, 0), (0, 1, 1, 0), (1, 0, 0, 1), (0, 1, 0, 1)]
+    assert all(getattr(frozen.up[0], f"phase_weight_{i}").shape == (8, 8, 2, 2) for i in range(4))
     assert torch.equal(out, sim)
     with torch.no_grad():  # frozen scales: another batch does not move them, still deterministic
         assert torch.equal(frozen(batch(5)), frozen(batch(5)))
@@ -247,7 +248,7 @@ def test_frozen_transposed_conv_equals_simulation(deconv, rewritten: bool) -> No
     with torch.no_grad():
         sim = qmodel(x)
         out = freeze(qmodel)(x)
-    assert (qmodel.up[0].as_conv_padding is not None) == rewritten
+    assert qmodel.up[0].rewritten == rewritten
     step = float(qmodel.up[0].out_quant.scale)
     # Conv and transposed conv sum in different orders: at most a rare one-step flip.
     assert float((out - sim).abs().max()) <= step * 1.01

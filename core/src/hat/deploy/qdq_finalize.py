@@ -74,6 +74,7 @@ def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8") -> onnx.
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be 'uint8' or 'int8', not {activations!r}")
     fold_constants(model)
+    fold_pads_into_convs(model.graph)
     requantize_float_weights(model.graph)
     fold_weight_transposes(model.graph)
     propagate_qdq(model.graph)
@@ -89,6 +90,49 @@ def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8") -> onnx.
         raise ExportError(f"the exported int8 graph is not valid ONNX: {exc}") from exc
     model.CopyFrom(inferred)
     return model
+
+
+# -- pads ----------------------------------------------------------------------------
+
+
+def fold_pads_into_convs(graph: onnx.GraphProto) -> None:
+    """``Conv(Pad(x))`` with zero padding of the spatial axes -> ``Conv(x)`` with those pads.
+
+    torch's conv takes only symmetric padding, so an asymmetric one (a transposed conv's
+    output phases) is written as ``F.pad`` + conv. onnxruntime runs a standalone Pad in
+    float between the int8 ops; as Conv's own ``pads`` the padding happens inside
+    QLinearConv, with the input's zero point: the same values, since 0.0 is on every grid.
+    """
+    index = GraphIndex(graph)
+    for pad in [n for n in graph.node if n.op_type == "Pad"]:
+        amounts = index.constant(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+        value = index.constant(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        consumers = index.consumers.get(pad.output[0], [])
+        if (
+            amounts is None
+            or value is None
+            or mode != "constant"
+            or np.any(np.asarray(value) != 0)
+            or len(pad.input) > 3  # explicit axes: leave it
+            or amounts.size != 8
+            or np.any(amounts < 0)
+            or np.any(amounts[[0, 1, 4, 5]] != 0)
+            or pad.output[0] in index.graph_outputs
+            or not consumers
+            or any(c.op_type != "Conv" or list(c.input).index(pad.output[0]) != 0 for c in consumers)
+            or any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for c in consumers for a in c.attribute)
+        ):
+            continue
+        top, left, bottom, right = (int(amounts[i]) for i in (2, 3, 6, 7))
+        for conv in consumers:
+            pads = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+            merged = [pads[0] + top, pads[1] + left, pads[2] + bottom, pads[3] + right]
+            kept = [a for a in conv.attribute if a.name != "pads"]
+            del conv.attribute[:]
+            conv.attribute.extend([*kept, helper.make_attribute("pads", merged)])
+            conv.input[0] = pad.input[0]
+    drop_dead_nodes(graph)
 
 
 # -- weights -------------------------------------------------------------------------

@@ -154,7 +154,9 @@ class QConvTranspose2d(_Weighted):
     onnxruntime's CPU provider has no int8 ConvTranspose, but a transposed conv with
     ``kernel - 2 * padding + output_padding == stride`` is exactly a conv with
     ``stride**2`` times the channels followed by depth-to-space. The frozen form
-    computes it that way, so the exported graph is Conv + DepthToSpace, both int8.
+    computes it that way, so the exported graph is int8 convs + DepthToSpace: one small
+    conv per output phase joined by an int8 concat where the phases' taps allow it
+    (:func:`deconv_phases`), else one conv holding every phase (:func:`deconv_as_conv`).
     """
 
     weight_axis = 1
@@ -166,6 +168,8 @@ class QConvTranspose2d(_Weighted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deconv = self.module
+        if self.frozen and self.phases is not None:
+            return self._phase_convs(x)
         if self.frozen and self.as_conv_padding is not None:
             self._input_qparams(x)
             weight = QConv2d._constant_weight(self.conv_weight, self.conv_weight_scale)
@@ -184,11 +188,50 @@ class QConvTranspose2d(_Weighted):
         )
         return self._finish(y)
 
+    @property
+    def rewritten(self) -> bool:
+        """Whether the frozen module runs as int8 convs + depth-to-space (see the class docstring)."""
+        return getattr(self, "phases", None) is not None or getattr(self, "as_conv_padding", None) is not None
+
+    def _phase_convs(self, x: torch.Tensor) -> torch.Tensor:
+        """One small conv per output phase, joined along channels, then depth-to-space.
+
+        Each phase of a stride-s transposed conv reads only its own taps (2x2 of a 4x4
+        kernel at stride 2): one conv per phase does ``1/s**2`` of the work of the single
+        conv whose kernel holds every phase's taps (measured in onnxruntime: 0.63 vs 0.92
+        ms for a 128-channel 16x16 deconv). Phases are joined in depth-to-space's DCR
+        order (phase-major), which onnxruntime runs as an int8 concat.
+        """
+        self._input_qparams(x)
+        params_in = qparams_of(x)
+        outputs = []
+        for index, (left, right, top, bottom) in enumerate(self.phases):
+            weight = QConv2d._constant_weight(getattr(self, f"phase_weight_{index}"), self.weight_quant.scale)
+            padded = F.pad(x, (left, right, top, bottom))
+            if params_in is not None:  # zero padding is exact on the input's grid
+                tag(padded, params_in)
+            outputs.append(self._finish(F.conv2d(padded, weight, getattr(self, f"phase_bias_{index}"))))
+        params = qparams_of(outputs[0])
+        y = torch.cat(outputs, dim=1)
+        if params is not None:
+            y = tag(fake_quant(y, params), params)
+        y = DepthToSpaceDCR.apply(y, self.module.stride[0])
+        return y if params is None else tag(fake_quant(y, params), params)
+
     @torch.no_grad()
     def freeze(self) -> None:
         super().freeze()
         deconv = self.module
         self.as_conv_padding = None
+        self.phases = None
+        split = deconv_phases(self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0])
+        if rewritable_as_conv(deconv) and deconv.output_padding[0] == 0 and split is not None:
+            self.phases = []
+            for index, (weight, bias, pads) in enumerate(split):
+                self.register_buffer(f"phase_weight_{index}", weight, persistent=False)
+                self.register_buffer(f"phase_bias_{index}", bias, persistent=False)
+                self.phases.append(pads)
+            return
         if rewritable_as_conv(deconv):
             weight, bias, padding = deconv_as_conv(
                 self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0], deconv.output_padding[0]
@@ -244,6 +287,54 @@ def deconv_as_conv(
     conv_w = conv_w.reshape(cout * s * s, cin, size, size)
     conv_b = None if bias is None else bias.repeat_interleave(s * s)
     return conv_w, conv_b, reach
+
+
+def deconv_phases(
+    weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
+) -> list[tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int, int]]] | None:
+    """Per output phase ``(a, b)`` (row-major), the conv that computes it: weight
+    ``[Cout, Cin, ty, tx]`` over that phase's taps only, bias, and the ``F.pad`` amounts
+    (left, right, top, bottom) that keep the input size. None when some phase's taps do
+    not straddle the output position (it would need a crop, not a pad).
+
+    Same derivation as :func:`deconv_as_conv`: phase ``a`` reads ``x[q + j]`` for the taps
+    ``j`` with ``0 <= a + p - s*j < k``.
+    """
+    cin, cout, k, _ = weight.shape
+    s, p = stride, padding
+    taps = {a: [j for j in range(-k, k + 1) if 0 <= a + p - s * j < k] for a in range(s)}
+    if any(not v or min(v) > 0 or max(v) < 0 for v in taps.values()):
+        return None
+    phases = []
+    for a in range(s):
+        for b in range(s):
+            ys, xs = taps[a], taps[b]
+            w = weight.new_zeros(cout, cin, len(ys), len(xs))
+            for r, jy in enumerate(ys):
+                for c, jx in enumerate(xs):
+                    w[:, :, r, c] = weight[:, :, a + p - s * jy, b + p - s * jx].t()
+            pads = (-min(xs), max(xs), -min(ys), max(ys))
+            phases.append((w, None if bias is None else bias.clone(), pads))
+    return phases
+
+
+class DepthToSpaceDCR(torch.autograd.Function):
+    """Depth-to-space with channels in phase-major order (ONNX mode DCR); PixelShuffle is CRD.
+
+    Exported as one ``DepthToSpace(mode=DCR)`` node rather than the reshape/transpose
+    chain torch would trace. Used by frozen (inference-only) modules: no backward.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, s: int) -> torch.Tensor:  # noqa: ARG004
+        n, channels, h, w = y.shape
+        c = channels // (s * s)
+        crd = y.reshape(n, s, s, c, h, w).permute(0, 3, 1, 2, 4, 5).reshape(n, channels, h, w)
+        return F.pixel_shuffle(crd, s)
+
+    @staticmethod
+    def symbolic(g, y, s: int):  # noqa: ANN001, ANN205
+        return g.op("DepthToSpace", y, blocksize_i=s, mode_s="DCR")
 
 
 class QFunctional(QModule):
