@@ -257,7 +257,8 @@ def _validations(work: Path) -> list[dict]:
     return [r for r in log if r["event"] == "validation"]
 
 
-def _train_toy(capsys, work: Path, checkpoint: str) -> None:
+def _train_toy(capsys, work: Path, checkpoint: str, *settings: str) -> None:
+    extra = [arg for setting in settings for arg in ("--set", setting)]
     code, _, err = hat(
         capsys,
         "train",
@@ -268,6 +269,7 @@ def _train_toy(capsys, work: Path, checkpoint: str) -> None:
         str(work),
         "--set",
         f"float_trainer.callbacks.3={checkpoint}",
+        *extra,
     )
     assert code == 0, err
 
@@ -309,20 +311,8 @@ def test_mode_picks_the_best_by_direction(toy_engine_host, capsys, tmp_path: Pat
 
 def test_a_validation_only_at_the_end_still_gives_a_best_checkpoint(toy_engine_host, capsys, tmp_path: Path) -> None:
     # The validation runs at loop end, after the last epoch's checkpoint was written without the metric.
-    code, _, err = hat(
-        capsys,
-        "train",
-        "toy",
-        "--stage",
-        "float",
-        "--work-dir",
-        str(tmp_path),
-        "--set",
-        "float_trainer.callbacks.2.val_interval=100",
-        "--set",
-        "float_trainer.callbacks.3={type: Checkpoint, monitor_metric_key: mse, mode: min}",
-    )
-    assert code == 0, err
+    checkpoint = "{type: Checkpoint, monitor_metric_key: mse, mode: min}"
+    _train_toy(capsys, tmp_path, checkpoint, "float_trainer.callbacks.2.val_interval=100")
     validations = _validations(tmp_path)
     assert len(validations) == 1
     best = load_checkpoint(tmp_path / "float-checkpoint-best.pth.tar")

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hat.cli import main
 from hat.demo import run_demo
 from hat.plugins import PluginHost, set_host
+from tests.engine.test_stages_cli import hat
 
 pytest.importorskip("nuscenes")
 
@@ -43,16 +43,6 @@ def demo(fcos3d_host, tmp_path_factory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("fcos3d-demo")
     report = run_demo("fcos3d", work, overrides=SMALL, synth_options=SYNTH, host=fcos3d_host)
     return work, report
-
-
-def hat(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main([*args, "--quiet"])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.slow
