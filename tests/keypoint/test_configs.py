@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import yaml
 
 from hat.cli import main
 from hat.engine.deploy_model import build_deploy_model
-from hat.plugins import PluginHost, set_host
 from hat.stages import load_stage_config
-
-
-@pytest.fixture()
-def keypoint_host() -> Iterator[PluginHost]:
-    import hat_keypoint.plugin as plugin
-
-    host = PluginHost(entry_points=False, extra=[(plugin, "hat-keypoint")])
-    previous = set_host(host)
-    yield host
-    set_host(previous)
 
 
 @pytest.mark.parametrize("name", ["keypoint_efficientnetb0_carfusion", "keypoint_efficientnetb0_carfusion-tiny"])

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 
 from hat.demo import run_demo
-from hat.plugins import PluginHost, set_host
 
 SMALL = [
     "float_trainer.num_epochs=1",
@@ -21,16 +19,6 @@ SMALL = [
     "batch_size=8",
     "num_workers=0",
 ]
-
-
-@pytest.fixture()
-def keypoint_host() -> Iterator[PluginHost]:
-    import hat_keypoint.plugin as plugin
-
-    host = PluginHost(entry_points=False, extra=[(plugin, "hat-keypoint")])
-    previous = set_host(host)
-    yield host
-    set_host(previous)
 
 
 @pytest.mark.slow
