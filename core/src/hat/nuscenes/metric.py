@@ -45,7 +45,8 @@ _ERRORS = (
 _FIELDS = ("center", "size", "rotation", "velocity", "label", "score", "attribute")
 
 
-def _numpy(value: Any, dtype: Any) -> np.ndarray:
+def as_numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """A tensor (on any device) or array-like as a numpy array, of ``dtype`` if given."""
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu").numpy()
     return np.asarray(value, dtype=dtype)
@@ -107,13 +108,13 @@ class NuscenesMetric(Metric):
     def update(self, batch: Any, outputs: Any) -> None:
         for det in outputs["detections"]:
             arrays = {
-                "center": _numpy(det["center"], np.float64).reshape(-1, 3),
-                "size": _numpy(det["size"], np.float64).reshape(-1, 3),
-                "rotation": _numpy(det["rotation"], np.float64).reshape(-1, 4),
-                "velocity": _numpy(det["velocity"], np.float64).reshape(-1, 2),
-                "label": _numpy(det["label"], np.int64).reshape(-1),
-                "score": _numpy(det["score"], np.float64).reshape(-1),
-                "attribute": _numpy(det["attribute"], np.int64).reshape(-1),
+                "center": as_numpy(det["center"], np.float64).reshape(-1, 3),
+                "size": as_numpy(det["size"], np.float64).reshape(-1, 3),
+                "rotation": as_numpy(det["rotation"], np.float64).reshape(-1, 4),
+                "velocity": as_numpy(det["velocity"], np.float64).reshape(-1, 2),
+                "label": as_numpy(det["label"], np.int64).reshape(-1),
+                "score": as_numpy(det["score"], np.float64).reshape(-1),
+                "attribute": as_numpy(det["attribute"], np.int64).reshape(-1),
             }
             k = len(arrays["label"])
             bad = [f for f in _FIELDS if len(arrays[f]) != k]

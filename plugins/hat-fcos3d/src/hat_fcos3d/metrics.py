@@ -17,32 +17,26 @@ import numpy as np
 import torch
 
 from hat.nuscenes.geometry import boxes_from_camera, quaternion_yaw
-from hat.nuscenes.metric import NuscenesMetric
+from hat.nuscenes.metric import NuscenesMetric, as_numpy
 from hat.ops.rotated_nms import rotated_nms_bev
 from hat.registry import register_type
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu").numpy()
-    return np.asarray(value)
 
 
 def detections_to_global(detections_cam: Mapping[str, Any], sensor2ego: Any, ego2global: Any) -> dict[str, Any]:
     """One image's camera-frame detections (FCOS3DPostProcess) as global ones (NuscenesMetric)."""
     moved = boxes_from_camera(
-        _numpy(detections_cam["center"]),
-        _numpy(detections_cam["size"]),
-        _numpy(detections_cam["yaw"]),
-        _numpy(detections_cam["velocity"]),
-        _numpy(ego2global),
-        _numpy(sensor2ego),
+        as_numpy(detections_cam["center"]),
+        as_numpy(detections_cam["size"]),
+        as_numpy(detections_cam["yaw"]),
+        as_numpy(detections_cam["velocity"]),
+        as_numpy(ego2global),
+        as_numpy(sensor2ego),
     )
     return {
         **moved,
-        "label": _numpy(detections_cam["label"]).astype(np.int64),
-        "score": _numpy(detections_cam["score"]).astype(np.float64),
-        "attribute": _numpy(detections_cam["attribute"]).astype(np.int64),
+        "label": as_numpy(detections_cam["label"], np.int64),
+        "score": as_numpy(detections_cam["score"], np.float64),
+        "attribute": as_numpy(detections_cam["attribute"], np.int64),
     }
 
 
