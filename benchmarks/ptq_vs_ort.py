@@ -139,19 +139,11 @@ def evaluate(
 ) -> tuple[dict[str, float], int, dict[str, np.ndarray]]:
     """The task metrics of an ONNX model over the validation set (int_infer's loop), the
     number of samples, and the raw network outputs (before post-processing)."""
+    from hat.deploy.commands import int_infer_loader
     from hat.deploy.onnx_predictor import OnnxModel
-    from hat.engine.loader import build_loader
 
-    cfg = stage_cfg.config
     model = OnnxModel(path, inputs=predictor.inputs, outputs=predictor.outputs, opt_level=3, threads=threads)
-    loader = build_loader(
-        predictor.data_loader_cfg,
-        host.registry,
-        seed=int(cfg.get("seed", 0)),
-        train=False,
-        path="int_infer_predictor.data_loader",
-        locate=cfg.locate,
-    )
+    loader = int_infer_loader(stage_cfg, predictor, host)
     metrics = [copy.deepcopy(m) for m in predictor.val_metrics]
     for metric in metrics:
         metric.reset()

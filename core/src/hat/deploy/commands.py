@@ -215,6 +215,21 @@ def check(stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None =
     return analysis
 
 
+def int_infer_loader(stage_cfg: StageConfig, predictor: Any, host: PluginHost) -> torch.utils.data.DataLoader:
+    """The validation data of ``int_infer_predictor`` (an OnnxPredictor), built as its own run builds it."""
+    from hat.engine.loader import build_loader
+
+    cfg = stage_cfg.config
+    return build_loader(
+        predictor.data_loader_cfg,
+        host.registry,
+        seed=int(cfg.get("seed", 0)),
+        train=False,
+        path="int_infer_predictor.data_loader",
+        locate=cfg.locate,
+    )
+
+
 def validate(
     stage_cfg: StageConfig, *, opt: int | None = None, max_batches: int | None = None, host: PluginHost | None = None
 ) -> dict[str, Any]:
@@ -225,7 +240,6 @@ def validate(
     """
     from hat.deploy.compare import share_within_one_step
     from hat.deploy.onnx_predictor import OnnxModel, OnnxPredictor
-    from hat.engine.loader import build_loader
     from hat.engine.processors import move_to
 
     host = host or get_host()
@@ -241,14 +255,7 @@ def validate(
     fixed, _, _ = fixed_point_model(stage_cfg, meta["stage"], host)
     input_map = dict(predictor.inputs or {n: n for n in onnx_model.input_names})
     scales = {o["name"]: o.get("scale") for o in meta["outputs"]}
-    loader = build_loader(
-        predictor.data_loader_cfg,
-        host.registry,
-        seed=int(cfg.get("seed", 0)),
-        train=False,
-        path="int_infer_predictor.data_loader",
-        locate=cfg.locate,
-    )
+    loader = int_infer_loader(stage_cfg, predictor, host)
     import copy
 
     torch_metrics = [copy.deepcopy(m) for m in predictor.val_metrics]
