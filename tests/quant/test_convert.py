@@ -280,3 +280,16 @@ def test_histogram_calibration_on_gpu(observer: str) -> None:
     for cpu, gpu in zip(quantizers(models[0]), quantizers(models[1]), strict=True):
         assert bool(gpu.calibrated)
         assert cpu.threshold() == pytest.approx(gpu.threshold(), rel=0.02)
+
+
+@pytest.mark.parametrize("k,s,p,op", [(4, 2, 1, 0), (3, 2, 1, 1), (2, 2, 0, 0), (6, 3, 2, 1), (5, 3, 1, 0)])
+def test_phase_convs_equal_the_transposed_conv(k: int, s: int, p: int, op: int) -> None:
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(4, 5, k, k), torch.randn(5), torch.randn(1, 4, 6, 7)
+    reference = torch.nn.functional.conv_transpose2d(x, weight, bias, s, p, op)
+    phases = Q.deconv_phases(weight, bias, s, p)
+    assert phases is not None and len(phases) == s * s
+    outs = [torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), w, b) for w, b, pads in phases]
+    out = Q.DepthToSpaceDCR.apply(torch.cat(outs, dim=1), s)
+    assert out.shape == reference.shape
+    assert torch.allclose(out, reference, atol=1e-5)

@@ -224,15 +224,16 @@ class QConvTranspose2d(_Weighted):
         deconv = self.module
         self.as_conv_padding = None
         self.phases = None
+        if not rewritable_as_conv(deconv):
+            return
         split = deconv_phases(self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0])
-        if rewritable_as_conv(deconv) and deconv.output_padding[0] == 0 and split is not None:
+        if split is not None:
             self.phases = []
             for index, (weight, bias, pads) in enumerate(split):
                 self.register_buffer(f"phase_weight_{index}", weight, persistent=False)
                 self.register_buffer(f"phase_bias_{index}", bias, persistent=False)
                 self.phases.append(pads)
-            return
-        if rewritable_as_conv(deconv):
+        else:
             weight, bias, padding = deconv_as_conv(
                 self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0], deconv.output_padding[0]
             )
@@ -298,7 +299,8 @@ def deconv_phases(
     not straddle the output position (it would need a crop, not a pad).
 
     Same derivation as :func:`deconv_as_conv`: phase ``a`` reads ``x[q + j]`` for the taps
-    ``j`` with ``0 <= a + p - s*j < k``.
+    ``j`` with ``0 <= a + p - s*j < k``. Output padding adds no tap: where
+    ``k - 2p + output_padding == s`` it only makes the output exactly ``s`` times the input.
     """
     cin, cout, k, _ = weight.shape
     s, p = stride, padding
