@@ -219,8 +219,8 @@ class FCOS3DHead(nn.Module):
             )
             for _ in range(self.num_levels)
         )  # fmt: skip
-        self._init_weights(prior_prob)
         tie_convs(self.levels)
+        self._init_weights(prior_prob)
 
         self.dequant = nn.ModuleDict({kind: DeQuantStub() for kind in OUTPUT_KINDS})
         # (levels, 3): columns scale offset, depth, size of each level.
@@ -231,14 +231,15 @@ class FCOS3DHead(nn.Module):
 
     def _init_weights(self, prior_prob: float) -> None:
         """FCOS's init: N(0, 0.01) convs, zero biases, class bias at the prior probability
-        (so the focal loss does not start swamped by the many background points)."""
-        for module in self.levels.modules():
+        (so the focal loss does not start swamped by the many background points). The
+        other levels' convs share level 0's weights, so level 0's are the ones to set."""
+        shared = self.levels[0]
+        for module in shared.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for level in self.levels:
-            nn.init.constant_(level.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(shared.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward_level(self, feature: torch.Tensor, level: int) -> dict[str, torch.Tensor]:
         """All outputs of one level (dequantized, scaled)."""
