@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
+from hat.data.transforms import Resize
 from hat.registry import register_type
 
 Sample = dict[str, Any]
@@ -27,28 +27,23 @@ def _hw(size: Sequence[int], name: str) -> tuple[int, int]:
 
 @register_type("ResizeCamera")
 class ResizeCamera:
-    """Scale the image to fit inside ``size = (h, w)`` keeping its aspect ratio, and the
-    intrinsics with it (rows 0 and 1 of ``intrinsic`` scale by the x and y factors
-    actually used). 3D boxes do not change: the scene is the same, only the pixels are.
+    """Core's keep-ratio :class:`~hat.data.transforms.Resize` of the image, with the
+    intrinsics scaled along (rows 0 and 1 of ``intrinsic`` by the x and y factors actually
+    used). 3D boxes do not change: the scene is the same, only the pixels are.
     """
 
     def __init__(self, size: Sequence[int]) -> None:
         self.size = _hw(size, "ResizeCamera size")
+        self.resize = Resize(self.size, keep_ratio=True)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = sample["img"]
-        old_h, old_w = img.shape[:2]
-        h, w = self.size
-        scale = min(h / old_h, w / old_w)
-        new_h, new_w = max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
-        out = dict(sample)
-        out["img"] = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        old_h, old_w = sample["img"].shape[:2]
+        out = self.resize(sample, rng)
+        new_h, new_w = out["img"].shape[:2]
         intrinsic = np.array(sample["intrinsic"], dtype=np.float32)
         intrinsic[0] *= new_w / old_w
         intrinsic[1] *= new_h / old_h
         out["intrinsic"] = intrinsic
-        out.setdefault("ori_shape", (old_h, old_w))
-        out["img_shape"] = (new_h, new_w)
         return out
 
     def __repr__(self) -> str:
