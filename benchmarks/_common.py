@@ -27,7 +27,13 @@ def environment() -> dict[str, Any]:
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:  # the data and engine benchmarks do not need it
         pass
-    env.update(platform=platform.platform(), cpu_count=os.cpu_count())
+    else:  # int8 figures differ between CPUs with and without VNNI: say which this is
+        from hat.deploy.int8_kernels import probe_int8_kernels
+
+        env["int8_kernels"] = probe_int8_kernels().isa
+    from hat.deploy.perf import cpu_model
+
+    env.update(platform=platform.platform(), cpu=cpu_model(), cpu_count=os.cpu_count())
     return env
 
 

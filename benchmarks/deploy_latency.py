@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,15 +45,20 @@ from rich.table import Table
 FLOAT_CHECKPOINT = "float-checkpoint-best.pth.tar"
 
 
-def random_weight_export(stage_cfg, host, out_dir: Path, calib_inputs: int, seed: int) -> torch.nn.Module:
-    """Export the config's deploy model with initial weights, calibrated on random inputs.
+def random_weight_export(
+    stage_cfg, host, out_dir: Path, calib_inputs: int, seed: int, *, return_fixed: bool = False
+) -> torch.nn.Module:
+    """Export the config's deploy model with initial weights, calibrated on random inputs,
+    for the config's ``deploy_target``.
 
-    Returns the float model; writes ``out_dir/model.onnx`` and ``out_dir/model.float.onnx``.
+    Returns the float model (or, with ``return_fixed``, the fixed-point model that was
+    exported); writes ``out_dir/model.onnx``, ``model.float.onnx`` and ``export.json``.
     """
     from hat.deploy.onnx_export import export_float_onnx, export_onnx
     from hat.engine.deploy_model import build_deploy_model
     from hat.quant.backend import TorchNativeBackend
     from hat.quant.modes import calibration_mode
+    from hat.quant.target import CONFIG_KEY, get_target, target_name_of
     from hat.stages import seed_everything
 
     cfg = stage_cfg.config
@@ -62,7 +66,8 @@ def random_weight_export(stage_cfg, host, out_dir: Path, calib_inputs: int, seed
     model, inputs = build_deploy_model(cfg, host.registry)
     model.eval()
     pipeline = (cfg.get("calibration_trainer") or {}).get("model_convert_pipeline") or {}
-    qconfig_params = dict(pipeline.get("qconfig_params") or {})
+    target = get_target(target_name_of(cfg))
+    qconfig_params = {**dict(pipeline.get("qconfig_params") or {}), CONFIG_KEY: target.name}
     backend = TorchNativeBackend()
     quantized, _ = backend.prepare_calibration(copy.deepcopy(model), qconfig_params)
     quantized.eval()
@@ -75,9 +80,10 @@ def random_weight_export(stage_cfg, host, out_dir: Path, calib_inputs: int, seed
     fixed = backend.convert_fixed(quantized)
     opset = int((cfg.get("export") or {}).get("opset", 17))
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_onnx(fixed, inputs, out_dir / "model.onnx", opset=opset)
+    info = export_onnx(fixed, inputs, out_dir / "model.onnx", opset=opset, target=target)
     export_float_onnx(model, inputs, out_dir / "model.float.onnx", opset=opset)
-    return model
+    info.write_json(out_dir / "export.json", stage="calibration (random weights)", config=cfg.name)
+    return fixed if return_fixed else model
 
 
 def int8_share(backend, model_path: Path, feeds: dict[str, np.ndarray], level: int) -> float | None:
@@ -275,21 +281,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
-        "cpu": _cpu_name(),
         **environment(),
     }
     write_result(args.out, result, console)
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

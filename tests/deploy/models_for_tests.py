@@ -2,7 +2,8 @@
 
 Activations go through ``torch.fake_quantize_per_tensor_affine`` (int8; zero point -128
 right after a ReLU so the clamp is the ReLU), weights through
-``torch.fake_quantize_per_channel_affine`` (symmetric, scale amax/127), and biases are
+``torch.fake_quantize_per_channel_affine`` (symmetric, scale amax/64: the portable
+deploy target's range for dense convs and matmuls, see ``hat.quant.target``), and biases are
 rounded to the ``s_in * s_w`` grid. Scales come from a calibration pass (:func:`calibrate`)
 so that outputs use the int8 range instead of saturating. Every model takes a dict
 ``{"img": tensor}``, like HAT models.
@@ -14,15 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hat.quant.target import TARGETS
+
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
 
 
-def quantize_weight(weight: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-channel int8 fake quantization; returns (weight on grid, scales)."""
+def quantize_weight(
+    weight: torch.Tensor, axis: int = 0, qmax: int = TARGETS["portable"].dense_weight_max
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-channel fake quantization on [-qmax, qmax]; returns (weight on grid, scales).
+
+    The op's own clamp stays (-128, 127), the only signed range ONNX export accepts; with
+    the scale amax/qmax no weight rounds past qmax anyway."""
     dims = [d for d in range(weight.dim()) if d != axis]
-    scale = weight.detach().abs().amax(dim=dims).clamp(min=1e-8) / 127
+    scale = weight.detach().abs().amax(dim=dims).clamp(min=1e-8) / qmax
     zeros = torch.zeros(scale.shape, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight, scale, zeros, axis, -128, 127), scale
 
@@ -87,13 +95,14 @@ class QConv2d(nn.Module):
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
         self.explicit_relu = relu == "explicit"
         self.round_bias = True  # False: a simulation bug, the bias left off the int32 grid
+        self.weight_max = TARGETS["portable"].dense_weight_max  # 127: a model for the vnni target
         self.out_quant = ActQuant(after_relu=relu is True)
 
     def forward(self, x: torch.Tensor, in_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.out_quant.calibrating:
             y = self.conv(x)
         else:
-            weight, w_scale = quantize_weight(self.conv.weight)
+            weight, w_scale = quantize_weight(self.conv.weight, qmax=self.weight_max)
             bias = quantize_bias(self.conv.bias, in_scale, w_scale) if self.round_bias else self.conv.bias
             y = F.conv2d(x, weight, bias, stride=self.conv.stride, padding=self.conv.padding)
         if self.explicit_relu:
@@ -287,16 +296,17 @@ class BufferWeightConv(nn.Module):
     """A conv whose int8 weight and scales are plain (non-persistent) buffers.
 
     The TorchScript tracer evaluates the weight's fake quantization itself when both
-    are constants, so the graph holds float values on the int8 grid. Half the channels
-    never reach |q| = 127 (as the convs a rewritten transposed conv is split into).
+    are constants, so the graph holds float values on the int8 grid. Codes are on the
+    portable target's [-64, 64]; half the channels never reach |q| = 64 (as the convs a
+    rewritten transposed conv is split into).
     """
 
     def __init__(self, cin: int = 3, cout: int = 8):
         super().__init__()
         generator = torch.Generator().manual_seed(3)
-        q = torch.randint(-127, 128, (cout, cin, 3, 3), generator=generator).float()
-        q[: cout // 2] = torch.round(q[: cout // 2] * 0.7)  # |q| <= 89 there
-        q[cout // 2 :, 0, 0, 0] = 127
+        q = torch.randint(-64, 65, (cout, cin, 3, 3), generator=generator).float()
+        q[: cout // 2] = torch.round(q[: cout // 2] * 0.7)  # |q| <= 45 there
+        q[cout // 2 :, 0, 0, 0] = 64
         scale = torch.rand(cout, generator=generator) * 0.01 + 0.001
         self.register_buffer("weight", q * scale.view(-1, 1, 1, 1), persistent=False)
         self.register_buffer("w_scale", scale, persistent=False)

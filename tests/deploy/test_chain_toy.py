@@ -30,6 +30,8 @@ def test_chain_runs_from_the_cli_and_int8_matches_the_simulation(toy_engine_host
     assert code == 0, err
     meta = json.loads((tmp_path / "export" / "export.json").read_text())
     assert meta["stage"] == "qat" and meta["source_checkpoint"][-1].endswith("qat-checkpoint-best.pth.tar")
+    assert meta["deploy_target"]["name"] == "portable" and meta["deploy_target"]["dense_weight_range"] == [-64, 64]
+    assert meta["saturation"]["safe_without_vnni"] is True
     graph = onnx.load(str(tmp_path / "export" / "model.onnx"))
     onnx.checker.check_model(graph)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
@@ -44,7 +46,9 @@ def test_chain_runs_from_the_cli_and_int8_matches_the_simulation(toy_engine_host
     code, out, err = hat(capsys, "check", "toy", *work)
     assert code == 0, err
     assert "0 node(s) not int8" in out and "100.0%" in out
+    assert "saturation: safe on every x86 CPU" in out and "deploy target portable" in out
     check = json.loads((tmp_path / "export" / "check.json").read_text())
+    assert check["saturation"]["safe_without_vnni"] is True and check["saturation"]["dense_kernels"] >= 2
     compiled_ops = {n["op_type"] for n in check["nodes"]}
     assert compiled_ops & {"QGemm", "QLinearMatMul"}, compiled_ops  # the linears run as int8 kernels
 
@@ -54,6 +58,8 @@ def test_chain_runs_from_the_cli_and_int8_matches_the_simulation(toy_engine_host
     assert perf["opt_level"] == 2 and perf["latency"]["int8"]["median_ms"] > 0
     assert perf["latency"]["float"]["median_ms"] > 0 and perf["int8_flops_share"] == pytest.approx(1.0)
     assert (tmp_path / "compile" / "model.opt2.onnx").is_file() and (tmp_path / "compile" / "perf.html").is_file()
+    assert perf["deploy_target"]["name"] == "portable" and isinstance(perf["int8_kernels"]["exact_pairs"], bool)
+    assert "warning" not in err  # a portable model runs exactly everywhere
 
     code, out, err = hat(capsys, "validate", "toy", *work)
     assert code == 0, err
@@ -62,6 +68,14 @@ def test_chain_runs_from_the_cli_and_int8_matches_the_simulation(toy_engine_host
     torch_mse = result["metrics"]["torch_fixed_point"]["mse"]
     assert result["metrics"]["onnxruntime"]["mse"] == pytest.approx(torch_mse, rel=0.02)
     assert torch_mse == pytest.approx(predicted["qat"], rel=1e-4)
+    assert result["deploy_target"]["name"] == "portable" and "deploy target portable" in out
+
+    # the same checkpoint exported for another target: refused, naming both and the fix
+    code, _, err = hat(capsys, "export", "toy", *work, "--set", "deploy_target=vnni")
+    assert code == 2, err
+    assert "'portable'" in err and "'vnni'" in err and "--set deploy_target=portable" in err
+    code, _, err = hat(capsys, "export", "toy", *work, "--set", "deploy_target=avx9")
+    assert code == 2 and "unknown deploy_target 'avx9'" in err and "portable, vnni" in err
 
 
 def test_deploy_commands_out_of_order_name_the_command_to_run(toy_engine_host, capsys, tmp_path: Path) -> None:

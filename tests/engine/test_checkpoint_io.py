@@ -42,8 +42,11 @@ CHILD = textwrap.dedent(
         handle.flush()
         if mode == "exit":
             os._exit(9)
-        with open(marker, "w") as m:
+        # Written beside the marker, then renamed: the parent polls for the marker and
+        # must never see it exist before its content does.
+        with open(marker + ".part", "w") as m:
             m.write(str(len(data)))
+        os.replace(marker + ".part", marker)
         time.sleep(120)  # the parent SIGKILLs us here, mid-write
         os._exit(3)
 

@@ -290,6 +290,6 @@ def test_phase_convs_equal_the_transposed_conv(k: int, s: int, p: int, op: int) 
     phases = Q.deconv_phases(weight, bias, s, p)
     assert phases is not None and len(phases) == s * s
     outs = [torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), w, b) for w, b, pads in phases]
-    out = Q.DepthToSpaceDCR.apply(torch.cat(outs, dim=1), s)
+    out = Q.interleave_phases(outs, s)
     assert out.shape == reference.shape
     assert torch.allclose(out, reference, atol=1e-5)

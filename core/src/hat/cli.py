@@ -65,6 +65,7 @@ def list_command(
     """Plugins, tasks, datasets, configs and backends that are installed."""
     from hat.extra_options import describe_options
     from hat.plugins import get_host
+    from hat.quant.target import DEFAULT_TARGET, TARGETS
 
     host = get_host()
     datasets = sorted(set(host.packers.items) | set(host.synth.items))
@@ -102,6 +103,9 @@ def list_command(
             for kind, claimed in (("quantization", host.quant_backends), ("compilation", host.compile_backends))
             for n in sorted(claimed.items)
         ],
+        "deploy_targets": [
+            {"name": t.name, "default": t.name == DEFAULT_TARGET, "summary": t.summary} for t in TARGETS.values()
+        ],
         "types": len(host.registry.names()),
     }
     if as_json:
@@ -116,6 +120,7 @@ def list_command(
     )
     _table("Configs", ["name", "plugin"], listing["configs"])
     _table("Backends", ["kind", "name", "plugin"], listing["backends"])
+    _table("Deploy targets (deploy_target: NAME)", ["name", "default", "summary"], listing["deploy_targets"])
     console.out.print(f"{listing['types']} registered types (configs refer to them with `type:`).")
 
 
@@ -352,6 +357,9 @@ def _print_perf(data: dict) -> None:
         + (f"int8 share of FLOPs: {share:.1%}; " if share is not None else "")
         + f"report: {data.get('compiled_model', '')} and perf.html beside it"
     )
+    target = (data.get("deploy_target") or {}).get("name", "unknown")
+    kernels = (data.get("int8_kernels") or {}).get("isa", "unknown")
+    console.out.print(f"deploy target {target}; onnxruntime int8 kernels here: {kernels}")
 
 
 @app.command("check")
@@ -368,10 +376,11 @@ def check_command(
     from hat.deploy.errors import RuntimeFailure
 
     try:
-        analysis = commands.check(_stage_config(task, config, overrides, work_dir), stage=stage, opt=opt)
+        checked = commands.check(_stage_config(task, config, overrides, work_dir), stage=stage, opt=opt)
     except RuntimeFailure as exc:  # the model does not run: that is the check failing, exit 1
         console.err.print(f"[bold red]check failed:[/bold red] {escape(exc.render())}", soft_wrap=True)
         raise typer.Exit(1) from None
+    analysis, saturation = checked.analysis, checked.saturation
     non_int8 = analysis.non_int8()
     if non_int8:
         console.out.print(analysis.render_table())
@@ -381,6 +390,36 @@ def check_command(
         if share is not None
         else "the model runs in onnxruntime"
     )
+    _print_saturation(saturation, checked.target)
+    if not saturation.safe and not checked.target.needs_vnni:
+        raise typer.Exit(1)
+
+
+def _print_saturation(saturation, target) -> None:
+    """The static proof: safe on every x86 CPU, or which kernels need VNNI."""
+    summary = saturation.summary()
+    counted = f"{summary['dense_kernels']} dense int8 kernel(s), {summary['depthwise_kernels']} depthwise"
+    if saturation.safe:
+        console.out.print(
+            f"saturation: safe on every x86 CPU, VNNI or not ({counted}; worst pair of products "
+            f"{summary['worst_pair_bound']} <= {summary['limit']}); deploy target {target.name}"
+        )
+        return
+    unsafe = saturation.unsafe()
+    table = Table(title=f"int8 kernels that can saturate without VNNI (a pair of products > {summary['limit']})")
+    for column in ("node", "module", "weight pair", "activation max", "bound"):
+        table.add_column(column, overflow="fold")
+    for kernel in unsafe[:20]:
+        table.add_row(
+            kernel.node, kernel.module or "-", str(kernel.pair), str(kernel.activation_max), str(kernel.bound)
+        )
+    console.out.print(table)
+    verdict = (
+        "exact only where onnxruntime uses VNNI, as deploy target vnni allows"
+        if target.needs_vnni
+        else f"NOT safe for deploy target {target.name}"
+    )
+    console.out.print(f"saturation: {len(unsafe)} of {counted} can saturate on CPUs without VNNI: {verdict}")
 
 
 @app.command("validate")
@@ -408,6 +447,8 @@ def validate_command(
     console.out.print(table)
     for name, share in result["within_one_step"].items():
         console.out.print(f"output {name}: {share:.2%} of elements agree within one quantization step")
+    target = (result.get("deploy_target") or {}).get("name", "unknown")
+    console.out.print(f"deploy target {target}; onnxruntime int8 kernels here: {result['int8_kernels']['isa']}")
 
 
 # -- hat infer / demo -----------------------------------------------------------------------

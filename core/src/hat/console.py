@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -79,3 +80,8 @@ def info(message: str) -> None:
     """A status line on stderr, hidden by ``--quiet``."""
     if not _quiet:
         err.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (shown even with --quiet: it changes what the user should do)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False, soft_wrap=True)

@@ -133,11 +133,14 @@ def run_demo(
                 ),
             )
         )
+    step_seconds: dict[str, float] = {}
     with console.progress() as bar:
         overall = bar.add_task(f"demo {task}", total=len(steps))
         for number, (name, step) in enumerate(steps, start=1):
             bar.update(overall, description=f"demo {task} [{number}/{len(steps)}] {name}")
+            began = time.perf_counter()
             step()
+            step_seconds[name] = round(time.perf_counter() - began, 1)
             bar.advance(overall)
     report = {
         "task": task,
@@ -149,8 +152,11 @@ def run_demo(
             "threads": perf.get("threads"),
         },
         "int8_flops_share": perf.get("int8_flops_share"),
+        "deploy_target": (perf.get("deploy_target") or {}).get("name"),
+        "int8_kernels": (perf.get("int8_kernels") or {}).get("isa"),
         "pictures": pictures,
         "wall_s": round(time.perf_counter() - start, 1),
+        "step_s": step_seconds,
     }
     (work_dir / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -158,7 +164,10 @@ def run_demo(
 
 def render_report(report: dict[str, Any]) -> Table:
     metrics = sorted({m for values in report["stages"].values() for m in values})
-    table = Table(title=f"hat demo {report['task']} ({report['wall_s']} s)", title_justify="left")
+    title = f"hat demo {report['task']} ({report['wall_s']} s)"
+    if report.get("deploy_target"):
+        title += f", deploy target {report['deploy_target']}; int8 kernels here: {report.get('int8_kernels')}"
+    table = Table(title=title, title_justify="left")
     table.add_column("stage")
     for metric in metrics:
         table.add_column(metric, justify="right")

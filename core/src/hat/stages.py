@@ -79,7 +79,22 @@ def load_stage_config(
         host=host,
         defaults={"work_dir": str(chosen), "task": task},
     )
+    _check_target(cfg)
     return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
+
+
+def _check_target(cfg: Config) -> None:
+    """A misspelt ``deploy_target`` fails here, naming the line, before any work."""
+    from hat.quant.target import CONFIG_KEY, get_target
+
+    try:
+        get_target(cfg.get(CONFIG_KEY))
+    except ValueError as exc:
+        raise ConfigError(
+            str(exc),
+            where=cfg.locate(CONFIG_KEY) or str(cfg.path),
+            hint="portable runs exactly on every x86 CPU; vnni only where onnxruntime uses VNNI kernels",
+        ) from None
 
 
 def seed_everything(seed: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,13 @@ from hat.engine.converters import ConvertContext, ModelConvertPipeline
 from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
+from hat.quant.target import DeployTarget, get_target, target_name_of
 from hat.stages import StageConfig, check_prerequisites, seed_everything
+
+if TYPE_CHECKING:
+    from hat.deploy.analysis import AnalysisResult
+    from hat.deploy.int8_kernels import Int8Kernels
+    from hat.deploy.saturation import SaturationReport
 
 QUANT_STAGES = ("qat", "calibration")
 
@@ -81,7 +87,7 @@ def fixed_point_model(
     seed_everything(int(stage_cfg.config.get("seed", 0)))
     pipeline, _ = _pipeline(stage_cfg, stage, host)
     model, inputs = build_deploy_model(stage_cfg.config, host.registry)
-    model = pipeline(model, task=stage_cfg.task, stage=stage).eval()
+    model = pipeline(model, task=stage_cfg.task, stage=stage, deploy_target=target_name_of(stage_cfg.config)).eval()
     with torch.no_grad():
         model(inputs)  # records each layer's input grid, which freezing puts the biases on
     from hat.quant.converters import QAT2Quantize
@@ -107,9 +113,11 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     stage = choose_stage(stage_cfg, stage)
     settings = dict(stage_cfg.config.get("export") or {})
     opset = int(settings.get("opset", 17))
+    target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
+    _check_trained_target(checkpoints, target.name, stage_cfg.task)
     out = export_dir(stage_cfg)
-    info = export_onnx(fixed, inputs, out / "model.onnx", opset=opset)
+    info = export_onnx(fixed, inputs, out / "model.onnx", opset=opset, target=target)
     float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / "model.float.onnx", opset=opset)
     extra = {
         "stage": stage,
@@ -119,8 +127,30 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     }
     info.write_json(out / "export.json", **extra)
     for warning in info.warnings:
-        console.err.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
+        console.warn(warning)
     return Exported(stage, info.path, float_info.path, {**info.to_dict(), **extra})
+
+
+def _check_trained_target(checkpoints: list[Path], target: str, task: str) -> None:
+    """The checkpoint being exported was calibrated / trained for the target it is exported for.
+
+    Weight ranges are part of what calibration and QAT optimise; exporting a model for
+    another target would deploy weights it was never evaluated with.
+    """
+    from hat.engine.checkpoint_io import load_checkpoint
+
+    for path in checkpoints:
+        payload = load_checkpoint(path)
+        if payload.get("stage") not in QUANT_STAGES or not isinstance(payload.get("config"), dict):
+            continue
+        trained = target_name_of(payload["config"])
+        if trained != target:
+            raise UserError(
+                f"{path} was {payload['stage']}-trained for deploy target {trained!r}, "
+                f"but this export is for {target!r}",
+                hint=f"export with --set deploy_target={trained}, or re-run `hat train {task} --stage "
+                f"{payload['stage']} --set deploy_target={target}` first",
+            )
 
 
 def _exported(stage_cfg: StageConfig) -> tuple[Path, Path, dict[str, Any]]:
@@ -182,6 +212,7 @@ def compile_model(
         float_latency = backend.measure_latency(float_path, feeds, opt_level=3, **common)
     op_times = backend.profile_op_types(model_path, feeds, opt_level=level, threads=common["threads"])
     analysis = analyze(compiled, exported=model_path, inputs=feeds, opt_level=level)
+    kernels = _announce_kernels(meta)
     data = write_perf_report(
         out_dir,
         model_name=f"{stage_cfg.task} ({stage_cfg.config.name}, {meta.get('stage')})",
@@ -193,14 +224,42 @@ def compile_model(
         analysis=analysis,
         param_bytes=param_bytes_of(model_path),
         flops=analysis.total_flops,
+        extra={"deploy_target": meta.get("deploy_target"), "int8_kernels": kernels.to_dict()},
     )
     data["compiled_model"] = str(compiled)
     return data
 
 
-def check(stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None = None, host: PluginHost | None = None):
-    """Export, compile, run once, and classify every node; returns the analysis."""
+def _announce_kernels(meta: dict[str, Any]) -> Int8Kernels:
+    """Say which int8 arithmetic this machine's onnxruntime uses; warn if the model needs another."""
+    from hat.deploy.int8_kernels import probe_int8_kernels, target_warning
+
+    kernels = probe_int8_kernels()
+    target = (meta.get("deploy_target") or {}).get("name", "unknown (exported before targets were recorded)")
+    console.info(f"onnxruntime int8 kernels on this machine: {kernels.isa}; model deploy target: {target}")
+    warning = target_warning(meta.get("deploy_target"), kernels)
+    if warning:
+        console.warn(warning)
+    return kernels
+
+
+@dataclass
+class Checked:
+    """What `hat check` found: every node classified, and the static saturation proof."""
+
+    analysis: AnalysisResult
+    saturation: SaturationReport
+    target: DeployTarget
+
+
+def check(
+    stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None = None, host: PluginHost | None = None
+) -> Checked:
+    """Export, compile, run once, classify every node, and bound every int8 kernel."""
+    import onnx
+
     from hat.deploy.analysis import analyze
+    from hat.deploy.saturation import check_saturation
 
     host = host or get_host()
     exported = export(stage_cfg, stage, host)
@@ -211,8 +270,14 @@ def check(stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None =
     feeds = _example_feeds(exported.info)
     backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)
     analysis = analyze(compiled, exported=exported.onnx_path, inputs=feeds, opt_level=level)
-    (export_dir(stage_cfg) / "check.json").write_text(json.dumps(analysis.to_dict(), indent=2) + "\n")
-    return analysis
+    saturation = check_saturation(onnx.load(str(exported.onnx_path)))
+    record = {
+        **analysis.to_dict(),
+        "deploy_target": exported.info.get("deploy_target"),
+        "saturation": saturation.summary(),
+    }
+    (export_dir(stage_cfg) / "check.json").write_text(json.dumps(record, indent=2) + "\n")
+    return Checked(analysis, saturation, get_target(target_name_of(stage_cfg.config)))
 
 
 def int_infer_loader(stage_cfg: StageConfig, predictor: Any, host: PluginHost) -> torch.utils.data.DataLoader:
@@ -252,6 +317,7 @@ def validate(
         raise ConfigError("int_infer_predictor must be an OnnxPredictor", where=cfg.locate("int_infer_predictor"))
     settings = _compile_settings(stage_cfg, opt=opt)
     onnx_model = OnnxModel(model_path, inputs=predictor.inputs, opt_level=int(settings["opt"]))
+    kernels = _announce_kernels(meta)
     fixed, _, _ = fixed_point_model(stage_cfg, meta["stage"], host)
     input_map = dict(predictor.inputs or {n: n for n in onnx_model.input_names})
     scales = {o["name"]: o.get("scale") for o in meta["outputs"]}
@@ -274,7 +340,7 @@ def validate(
             raw_onnx = onnx_model(batch)  # keys: ONNX output names renamed by `outputs`
             with torch.no_grad():
                 raw_torch = fixed({name: move_to(batch[key], torch.device("cpu")) for name, key in input_map.items()})
-            raw_torch = _as_named(raw_torch, list(scales))
+            raw_torch = as_named(raw_torch, list(scales))
             for name, scale in scales.items():
                 ref = raw_torch[name].numpy()
                 got = raw_onnx[rename.get(name, name)].numpy()
@@ -301,6 +367,8 @@ def validate(
             "onnxruntime": _compute(onnx_metrics),
         },
         "within_one_step": {name: sum(agree[name]) / max(counts[name], 1) for name in scales},
+        "deploy_target": meta.get("deploy_target"),
+        "int8_kernels": kernels.to_dict(),
     }
     (stage_cfg.work_dir / "validate.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -313,7 +381,7 @@ def _compute(metrics) -> dict[str, float]:
     return out
 
 
-def _as_named(outputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
+def as_named(outputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
     """The torch model's outputs keyed like the ONNX outputs (see onnx_export's naming)."""
     if isinstance(outputs, torch.Tensor):
         return {names[0]: outputs}

@@ -31,7 +31,9 @@ from hat.deploy.files import atomic_write_bytes
 from hat.deploy.node_names import module_path_of
 from hat.deploy.onnx_graph import QUANTIZE, GraphIndex
 from hat.deploy.qdq_finalize import finalize_qdq
+from hat.deploy.saturation import check_saturation
 from hat.deploy.scope_names import CallRecorder, rename_to_module_paths
+from hat.quant.target import INT16_MAX, DeployTarget, get_target
 
 __all__ = ["ActivationQuant", "ExportInfo", "export_float_onnx", "export_onnx", "finalize_qdq", "module_path_of"]
 
@@ -65,6 +67,10 @@ class ExportInfo:
     float_initializers: int = 0
     initializer_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: The deploy target the model was quantized for (:meth:`DeployTarget.to_dict`).
+    deploy_target: dict[str, Any] | None = None
+    #: The static saturation check (:meth:`SaturationReport.summary`).
+    saturation: dict[str, Any] | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -91,8 +97,14 @@ def export_onnx(
     *,
     opset: int = 17,
     activations: str = "uint8",
+    target: DeployTarget | None = None,
 ) -> ExportInfo:
     """Export a quantized (fake-quant) model as an int8 Q/DQ ONNX graph at ``path``.
+
+    ``target`` (default: the portable one) is the deploy target the model was quantized
+    for: recorded in the result, and checked statically (:mod:`hat.deploy.saturation`):
+    a weight a non-VNNI kernel would saturate on, exported for the portable target, is
+    an error naming the node, since that model would not run as it was trained.
 
     ``activations`` is passed to :func:`finalize_qdq` (``"uint8"``: the form
     onnxruntime's x86 kernels fuse). Raises :class:`ExportError` if the exporter cannot
@@ -102,14 +114,28 @@ def export_onnx(
     # torch's own constant folding would turn the Q/DQ of a weight held in a plain
     # (non-persistent) buffer into a float constant; finalize_qdq folds everything else.
     proto = _export_proto(model, inputs, opset, fold=False)
-    finalize_qdq(proto, activations=activations)
+    target = target or get_target(None)
+    finalize_qdq(proto, activations=activations, dense_weight_max=target.dense_weight_max)
     if not any(n.op_type == QUANTIZE for n in proto.graph.node):
         raise ExportError(
             "the exported graph has no QuantizeLinear: the model is not quantized",
             hint="calibrate (or QAT-train) the model before exporting it",
         )
+    saturation = check_saturation(proto)
+    if not target.needs_vnni and not saturation.safe:
+        worst = saturation.unsafe()[0]
+        raise ExportError(
+            f"{len(saturation.unsafe())} int8 kernel(s) would saturate on CPUs without VNNI, e.g. node "
+            f"{worst.node} ({worst.module or 'no module'}): weights {worst.pair} times activation code "
+            f"{worst.activation_max} exceeds {INT16_MAX}",
+            hint=f"the model was not quantized for deploy target {target.name!r}: calibrate and train it with "
+            f"the same deploy_target you export with",
+        )
     atomic_write_bytes(Path(path), proto.SerializeToString())
-    return _describe(proto, Path(path), opset)
+    info = _describe(proto, Path(path), opset)
+    info.deploy_target = target.to_dict()
+    info.saturation = saturation.summary()
+    return info
 
 
 def export_float_onnx(

@@ -40,8 +40,11 @@ def write_perf_report(
     param_bytes: int,
     flops: int,
     cpu_info: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/perf.json`` and ``out_dir/perf.html``; returns the JSON data.
+
+    ``extra`` adds keys (the deploy target, this machine's int8 kernels) to the JSON.
 
     ``int8_latency``/``float_latency`` are :meth:`OnnxRuntimeBackend.measure_latency`
     results; ``op_times`` is milliseconds per run by op type; ``cpu_info`` defaults to
@@ -59,6 +62,7 @@ def write_perf_report(
         flops=flops,
         cpu_info=cpu_info if cpu_info is not None else cpu_model(),
     )
+    data.update(extra or {})
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "perf.json", json.dumps(data, indent=2))
     atomic_write_text(out_dir / "perf.html", render_perf_html(data))

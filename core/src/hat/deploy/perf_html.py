@@ -96,6 +96,8 @@ def _summary_section(data: dict[str, Any]) -> str:
         ("optimization level", str(data["opt_level"])),
         ("onnxruntime", escape(str(data["onnxruntime_version"]))),
         ("CPU", escape(str(data["cpu"]))),
+        ("int8 kernels here", escape(str((data.get("int8_kernels") or {}).get("isa", "n/a")))),
+        ("deploy target", escape(str((data.get("deploy_target") or {}).get("summary", "n/a")))),
     ]
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<h2>Model</h2><table>{body}</table>"

@@ -62,7 +62,7 @@ _VALUE_PRESERVING = frozenset(
 )
 
 
-def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8") -> onnx.ModelProto:
+def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8", dense_weight_max: int = 127) -> onnx.ModelProto:
     """Rewrite ``model`` in place into onnxruntime-quantizer form, check it, and return it.
 
     ``activations="uint8"`` (the default, as onnxruntime's quantizer writes) re-expresses
@@ -70,12 +70,15 @@ def finalize_qdq(model: onnx.ModelProto, *, activations: str = "uint8") -> onnx.
     :func:`activations_to_uint8` for why onnxruntime needs it. ``"int8"`` keeps them.
     Raises :class:`ExportError` naming the node and module when a bias is not on the
     int32 grid (the simulation did not round it) or the result fails ``onnx.checker``.
+    ``dense_weight_max`` is the deploy target's weight limit for non-depthwise kernels: a
+    float weight re-expressed as int8 never gets codes beyond it (see
+    :func:`requantize_float_weights`).
     """
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be 'uint8' or 'int8', not {activations!r}")
     fold_constants(model)
     fold_pads_into_convs(model.graph)
-    requantize_float_weights(model.graph)
+    requantize_float_weights(model.graph, dense_weight_max=dense_weight_max)
     fold_weight_transposes(model.graph)
     propagate_qdq(model.graph)
     quantize_biases(model.graph)
@@ -170,7 +173,7 @@ def fold_weight_transposes(graph: onnx.GraphProto) -> None:
         replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
 
 
-def requantize_float_weights(graph: onnx.GraphProto) -> list[str]:
+def requantize_float_weights(graph: onnx.GraphProto, *, dense_weight_max: int = 127) -> list[str]:
     """Float weights that lie on a symmetric per-channel int8 grid -> int8 initializer + DQ.
 
     The TorchScript tracer evaluates a weight's fake quantization itself when weight and
@@ -184,7 +187,7 @@ def requantize_float_weights(graph: onnx.GraphProto) -> list[str]:
     recovered: list[str] = []
     additions: dict[int, onnx.NodeProto] = {}
     for node in graph.node:
-        site = _weight_site(node)
+        site = weight_site(node)
         if site is None or index.dequantized_from(node.input[0]) is None:
             continue
         slot, axis = site
@@ -192,7 +195,8 @@ def requantize_float_weights(graph: onnx.GraphProto) -> list[str]:
         weight = index.constant(name) if name in index.initializers else None
         if weight is None or weight.dtype.kind != "f" or weight.ndim < 2 or len(index.consumers[name]) != 1:
             continue
-        grid = _int8_grid(weight.astype(np.float64), axis % weight.ndim)
+        limit = 127 if is_depthwise_conv(node, weight) else dense_weight_max
+        grid = _int8_grid(weight.astype(np.float64), axis % weight.ndim, max_code=limit)
         if grid is None:
             continue
         q, scale = grid
@@ -223,7 +227,7 @@ def requantize_float_weights(graph: onnx.GraphProto) -> list[str]:
     return recovered
 
 
-def _weight_site(node: onnx.NodeProto) -> tuple[int, int] | None:
+def weight_site(node: onnx.NodeProto) -> tuple[int, int] | None:
     """(weight input slot, output-channel axis of the weight) of a conv or matmul."""
     if node.op_type == "Conv":
         return 1, 0
@@ -234,12 +238,18 @@ def _weight_site(node: onnx.NodeProto) -> tuple[int, int] | None:
     return None
 
 
-def _int8_grid(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+def is_depthwise_conv(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+    """One input and one output channel per group (onnxruntime's exact depthwise kernel)."""
+    group = int(attribute(node, "group", 1))
+    return node.op_type == "Conv" and group > 1 and weight.shape[0] == group and weight.shape[1] == 1
+
+
+def _int8_grid(weight: np.ndarray, axis: int, max_code: int = 127) -> tuple[np.ndarray, np.ndarray] | None:
     """(int8 values, per-channel scales) if ``weight`` lies on a symmetric int8 grid per channel.
 
-    A channel's values are ``q * s`` with ``|q| <= 127``; its largest ``|q|`` may be
-    below 127 (a transposed conv rewritten as a conv splits each channel's taps), so
-    the finest grid ``max|w| / k`` (largest ``k <= 127``) holding every value is used:
+    A channel's values are ``q * s`` with ``|q| <= max_code``; its largest ``|q|`` may be
+    below that (a transposed conv rewritten as a conv splits each channel's taps), so
+    the finest grid ``max|w| / k`` (largest ``k <= max_code``) holding every value is used:
     it contains the original grid, and a bias on ``s_in * s`` stays on ``s_in * s / j``.
     """
     moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
@@ -247,7 +257,7 @@ def _int8_grid(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] |
     if np.any(amax == 0):
         return None
     steps = np.zeros(len(amax), dtype=np.int64)
-    for k in range(127, 0, -1):
+    for k in range(max_code, 0, -1):
         open_rows = steps == 0
         if not open_rows.any():
             break
@@ -260,7 +270,7 @@ def _int8_grid(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] |
     shape = [1] * weight.ndim
     shape[axis] = -1
     values = np.rint(weight / scale.astype(np.float64).reshape(shape))
-    if np.any(np.abs(values) > 127):
+    if np.any(np.abs(values) > max_code):
         return None
     return values.astype(np.int8), scale
 

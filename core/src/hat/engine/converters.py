@@ -29,6 +29,8 @@ class ConvertContext:
     qat_mode: str | None = None
     qconfig_params: dict[str, Any] = field(default_factory=dict)
     quant_backend: str = "torch_native"
+    #: The config's top-level ``deploy_target`` (None: the portable default).
+    deploy_target: str | None = None
 
 
 class Converter(Protocol):
@@ -49,13 +51,17 @@ class ModelConvertPipeline:
         self.qconfig_params = dict(qconfig_params or {})
         self.quant_backend = quant_backend
 
-    def __call__(self, model: torch.nn.Module, *, task: str = "TASK", stage: str = "float") -> torch.nn.Module:
+    def __call__(
+        self, model: torch.nn.Module, *, task: str = "TASK", stage: str = "float", deploy_target: str | None = None
+    ) -> torch.nn.Module:
+        """``deploy_target``: the config's top-level value, which every stage shares."""
         context = ConvertContext(
             task=task,
             stage=stage,
             qat_mode=self.qat_mode,
             qconfig_params=self.qconfig_params,
             quant_backend=self.quant_backend,
+            deploy_target=deploy_target,
         )
         for converter in self.converters:
             model = converter(model, context)

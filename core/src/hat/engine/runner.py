@@ -69,7 +69,9 @@ class LoopRunner:
     def convert_model(self, ctx: RunContext) -> torch.nn.Module:
         model = self.model
         if self.model_convert_pipeline is not None:
-            model = self.model_convert_pipeline(model, task=ctx.task, stage=ctx.stage)
+            model = self.model_convert_pipeline(
+                model, task=ctx.task, stage=ctx.stage, deploy_target=ctx.config.get("deploy_target")
+            )
         return model.to(self.device())
 
     # -- callbacks --------------------------------------------------------------------------

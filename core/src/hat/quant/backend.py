@@ -3,7 +3,10 @@
 A backend turns a float model into its calibration and QAT simulations and into the
 fixed-point model that export traces. Another backend (a vendor's toolchain, say)
 plugs in through the ``hat_quant_backends`` hook and is chosen by a pipeline's
-``quant_backend:``; converters only talk to this protocol.
+``quant_backend:``; converters only talk to this protocol. The ``qconfig_params`` a
+backend receives carry the config's ``deploy_target`` (``portable`` or ``vnni``, see
+:mod:`hat.quant.target`): the weight ranges it must keep so that the exported model
+runs exactly on that target.
 """
 
 from __future__ import annotations

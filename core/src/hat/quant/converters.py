@@ -1,7 +1,8 @@
 """The stage converters of ``model_convert_pipeline``: Float2Calibration, Float2QAT, QAT2Quantize.
 
 They look up the quantization backend the pipeline names (``quant_backend``, default
-``torch_native``) and hand it the pipeline's ``qconfig_params``; what was left float is
+``torch_native``) and hand it the pipeline's ``qconfig_params`` plus the config's
+``deploy_target`` (see :mod:`hat.quant.target`); what was left float is
 printed so that nothing is silently slower on the device.
 """
 
@@ -12,6 +13,8 @@ import torch
 from hat.console import info
 from hat.engine.converters import ConvertContext
 from hat.errors import ConfigError
+from hat.quant.target import CONFIG_KEY as TARGET_KEY
+from hat.quant.target import DEFAULT_TARGET
 from hat.registry import register_type
 
 SUPPORTED_QAT_MODES = ("fuse_bn",)
@@ -41,8 +44,14 @@ def _check_mode(context: ConvertContext) -> None:
 def _prepare(context: ConvertContext, stage: str, model: torch.nn.Module) -> torch.nn.Module:
     backend = _backend(context)
     prepare = backend.prepare_calibration if stage == "calibration" else backend.prepare_qat
+    if TARGET_KEY in context.qconfig_params:
+        raise ConfigError(
+            f"{TARGET_KEY} is set in model_convert_pipeline.qconfig_params",
+            hint=f"set it once at the top level of the config ({TARGET_KEY}: ...), so every stage uses the same",
+        )
+    params = {**context.qconfig_params, TARGET_KEY: context.deploy_target or DEFAULT_TARGET}
     try:
-        model, report = prepare(model, context.qconfig_params)
+        model, report = prepare(model, params)
     except ValueError as exc:  # bad qconfig_params, or a model that is already quantized
         raise ConfigError(str(exc), hint="check model_convert_pipeline's qconfig_params and converters") from exc
     _announce(stage, report)

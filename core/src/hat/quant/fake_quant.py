@@ -7,7 +7,8 @@ simulation and the exported graph are the same arithmetic.
 Activations: int8 per tensor, symmetric (zero point 0, scale t/127), or, right after a
 ReLU, over [0, t] with zero point -128 (scale t/255): the quantizer's clamp then *is* the
 ReLU, which lets onnxruntime fuse Conv + Q into one int8 kernel. Weights: int8
-symmetric per output channel, scale amax/127 (values land in [-127, 127]).
+symmetric per output channel, scale amax/qmax (values land in [-qmax, qmax], qmax set
+by the deploy target: 127, or 64 for dense kernels on the portable target).
 
 Every quantized activation is tagged with its (scale, zero point) as a tensor attribute,
 so the next layer can quantize its bias on the int32 grid the runtime uses
@@ -181,16 +182,22 @@ class ActFakeQuant(torch.nn.Module):
 
 
 class WeightFakeQuant(torch.nn.Module):
-    """Per-output-channel symmetric int8 weights.
+    """Per-output-channel symmetric int8 weights on [-qmax, qmax].
 
     ``averaging_constant`` 1 (default) recomputes the scales from the current weights at
     every forward (weights change in QAT); 0 keeps the scales computed at conversion.
+    ``qmax`` is the deploy target's limit (127, or 64 where a non-VNNI kernel would
+    saturate; see :mod:`hat.quant.target`): scale ``amax / qmax``, and the codes are
+    clamped to it, so weights that grow past their frozen scale cannot leave the range.
     """
 
-    def __init__(self, num_channels: int, axis: int = 0, averaging_constant: float = 1.0) -> None:
+    def __init__(self, num_channels: int, axis: int = 0, averaging_constant: float = 1.0, qmax: int = 127) -> None:
         super().__init__()
+        if not 1 <= qmax <= 127:
+            raise ValueError(f"weight qmax must be in [1, 127], got {qmax}")
         self.axis = axis
         self.averaging_constant = averaging_constant
+        self.qmax = int(qmax)
         self.register_buffer("scale", torch.ones(num_channels))
         self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32))
         #: Set by QAT2Quantize: the scales no longer follow the weights.
@@ -199,12 +206,12 @@ class WeightFakeQuant(torch.nn.Module):
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
         """Scales from ``weight`` itself (at conversion, and before export)."""
-        self.scale.copy_(self._amax(weight) / 127.0)
+        self.scale.copy_(self._amax(weight) / self.qmax)
 
     @torch.no_grad()
     def _track(self, weight: torch.Tensor) -> None:
         c = self.averaging_constant
-        self.scale.copy_((1 - c) * self.scale + c * self._amax(weight) / 127.0)
+        self.scale.copy_((1 - c) * self.scale + c * self._amax(weight) / self.qmax)
 
     def _amax(self, weight: torch.Tensor) -> torch.Tensor:
         dims = [d for d in range(weight.dim()) if d != self.axis]
@@ -216,7 +223,11 @@ class WeightFakeQuant(torch.nn.Module):
                 self.reset_scale(weight)
             elif self.averaging_constant > 0 and self.training:
                 self._track(weight)
-        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, QMIN, QMAX)
+        low, high = (QMIN, QMAX) if self.qmax == QMAX else (-self.qmax, self.qmax)
+        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, low, high)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, range=[-{self.qmax}, {self.qmax}]"
 
 
 def quantize_bias(

@@ -111,7 +111,7 @@ def _replacement(module, path, groups, qconfig: QConfig, report: ConversionRepor
                     "output_padding == stride (square, ungrouped) has the exact int8 conv + depth-to-space rewrite",
                 )
             )
-        return cls(module, group.act, out, qconfig.weight_averaging_constant)
+        return cls(module, group.act, out, qconfig.weight_averaging_constant, qconfig.target.weight_max(module))
     if type(module) in ACTS:
         report.quantized.append((path, kind))
         upper = 6.0 if isinstance(module, torch.nn.ReLU6) else None

@@ -6,6 +6,10 @@
 takes each batch's range; ``learnable: true`` trains the scales);
 ``weight_qat_qkwargs`` (``averaging_constant``: 1 recomputes weight scales from the
 current weights, 0 keeps those computed at conversion).
+
+``deploy_target`` is not written in ``qconfig_params``: it is the config's top-level
+``deploy_target`` (one value for every stage), which the converters add here so that
+a backend sees it with the rest (see :mod:`hat.quant.target`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from typing import Any
 
 from hat.quant.fake_quant import ActFakeQuant
 from hat.quant.observers import OBSERVERS, make_observer
+from hat.quant.target import CONFIG_KEY as TARGET_KEY
+from hat.quant.target import DeployTarget, get_target
 
 KNOWN_KEYS = {
     "activation_calibration_observer",
     "activation_calibration_qkwargs",
     "activation_qat_qkwargs",
     "weight_qat_qkwargs",
+    TARGET_KEY,
 }
 
 
@@ -32,6 +39,7 @@ class QConfig:
     act_averaging_constant: float = 0.0
     act_learnable: bool = False
     weight_averaging_constant: float = 1.0
+    target: DeployTarget = field(default_factory=lambda: get_target(None))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> QConfig:
@@ -58,7 +66,9 @@ class QConfig:
             raise ValueError(
                 f"activation_calibration_qkwargs {sorted(observer_kwargs)} do not fit observer {observer!r}: {exc}"
             ) from exc
+        target = get_target(params.get(TARGET_KEY))
         return cls(
+            target=target,
             observer=observer,
             observer_kwargs=observer_kwargs,
             act_averaging_constant=float(act_qat.get("averaging_constant", 0.0)),
