@@ -248,12 +248,21 @@ def _inputs(cfg) -> dict[str, torch.Tensor]:
     return deploy_inputs(cfg.config)
 
 
+_FIXED: dict[str, torch.nn.Module] = {}
+
+
 def _random_fixed(cfg, host) -> torch.nn.Module:
-    """The random-weight fixed-point model again (same seed: the same weights and scales)."""
+    """The random-weight fixed-point model again (same seed: the same weights and scales),
+    built once per target: calibrating a reference-size model is the slow part."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="hat-target-") as tmp:
-        return random_weight_export(cfg, host, Path(tmp), calib_inputs=4, seed=0, return_fixed=True)
+    from hat.quant.target import target_name_of
+
+    target = target_name_of(cfg.config)
+    if target not in _FIXED:
+        with tempfile.TemporaryDirectory(prefix="hat-target-") as tmp:
+            _FIXED[target] = random_weight_export(cfg, host, Path(tmp), calib_inputs=4, seed=0, return_fixed=True)
+    return _FIXED[target]
 
 
 def _random_agreement(cfg, host, run_dir: Path, count: int) -> dict[str, float]:
