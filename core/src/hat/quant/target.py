@@ -25,10 +25,12 @@ every target: onnxruntime runs them through a separate kernel that widens input 
 weight to 16 bits and accumulates the products in 32 bits, which cannot saturate
 (measured exact at the full range on the AVX2-only machine, and tested).
 
-The alternatives measured before choosing (``benchmarks/target_choice.py``): uint8
-weights (U8U8) are exact on every CPU but about 1.3x slower per conv on AVX2; int8
-activations (S8S8) are not fused into int8 kernels at all by onnxruntime's x86 provider
-(the conv stays float).
+The alternatives measured before choosing (``benchmarks/target_choice.py``, table in
+``benchmarks/README.md``): uint8 weights (U8U8, which onnxruntime's session option
+``session.x64quantprecision`` also switches to at load time) are exact on every CPU but
+run at 0.97-1.35x of float where the portable model runs at 1.29-2.13x; int8 activations
+(S8S8) are mostly not fused into int8 kernels by onnxruntime's x86 provider, slower than
+float, and saturate where they are.
 """
 
 from __future__ import annotations
