@@ -87,3 +87,30 @@ def test_deploy_commands_out_of_order_name_the_command_to_run(toy_engine_host, c
         assert code == 2 and "hat export toy" in err, (args, err)
     code, _, err = hat(capsys, "export", "toy", "--stage", "float", *work)
     assert code == 2 and "cannot export stage 'float'" in err
+
+
+def test_a_vnni_target_is_recorded_and_warned_about_only_where_pairs_saturate(
+    toy_engine_host, capsys, tmp_path: Path
+) -> None:
+    from hat.deploy.int8_kernels import probe_int8_kernels
+
+    work = ["--work-dir", str(tmp_path), "--set", "deploy_target=vnni"]
+    for stage in ("float", "calibration"):
+        code, _, err = hat(capsys, "train", "toy", "--stage", stage, *work)
+        assert code == 0, err
+    code, _, err = hat(capsys, "export", "toy", *work)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert meta["deploy_target"]["name"] == "vnni" and meta["deploy_target"]["needs_vnni"] is True
+    assert meta["deploy_target"]["dense_weight_range"] == [-127, 127]
+
+    code, out, err = hat(capsys, "compile", "toy", "--opt", "3", "--runs", "2", *work)
+    assert code == 0, err
+    perf = json.loads((tmp_path / "compile" / "perf.json").read_text())
+    assert perf["deploy_target"]["name"] == "vnni" and "deploy target vnni" in out
+    saturating = not probe_int8_kernels().exact_pairs
+    assert ("exact only with VNNI" in err) == saturating, err  # the warning, on exactly the machines it concerns
+
+    code, out, err = hat(capsys, "check", "toy", *work)
+    assert code == 0, err  # a vnni model may have unsafe pairs: allowed for that target, and said
+    assert "deploy target vnni" in out or "as deploy target vnni allows" in out
