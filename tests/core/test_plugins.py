@@ -149,3 +149,19 @@ def test_host_is_created_lazily_once() -> None:
     finally:
         os.environ.pop("HAT_PLUGINS", None)
         set_host(previous)
+
+
+class MisspeltHook:
+    __name__ = "misspelt"
+
+    @hookimpl
+    def hat_config(self) -> dict[str, Path]:  # the hook is hat_configs
+        return {"never": Path("never.yaml")}
+
+
+def test_a_misspelt_hook_is_an_error_naming_the_distribution_and_the_hook() -> None:
+    with pytest.raises(PluginError) as err:
+        PluginHost(entry_points=False, extra=[(MisspeltHook(), "hat-misspelt")])
+    message = err.value.render()
+    assert "hat-misspelt" in message and "'hat_config'" in message and "not a HAT hook" in message
+    assert "did you mean hat_configs" in message

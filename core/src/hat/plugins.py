@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from hat.errors import PluginError
 from hat.registry import Registry
+
+if TYPE_CHECKING:
+    from hat.demo import DemoRecipe
 
 PROJECT = "hat"
 ENTRY_POINT_GROUP = "hat"
@@ -45,14 +48,15 @@ class TaskSpec:
 
     ``default_config`` is a config name from the plugin's ``hat_configs``;
     ``dataset`` names the packer/synth dataset the task trains on; ``demo`` is the
-    plugin's demo recipe (a callable run by `hat demo`), ``None`` if it has none.
+    task's :class:`hat.demo.DemoRecipe` (the tiny config, dataset and options that
+    `hat demo TASK` runs the whole chain with), ``None`` if it has none.
     """
 
     name: str
     summary: str
     default_config: str
     dataset: str
-    demo: Callable[..., Any] | None = None
+    demo: DemoRecipe | None = None
 
 
 class HatSpec:
@@ -161,6 +165,7 @@ class PluginHost:
         for obj, dist in extra:
             name = getattr(obj, "__name__", repr(obj))
             self._add(obj, name, dist, "test", name)
+        self._check_hook_names()
         self._collect()
 
     # -- loading ----------------------------------------------------------------------
@@ -200,6 +205,35 @@ class PluginHost:
                     hint=f"reinstall or uninstall {dist}, or skip it with {ENV_RESTRICT}",
                 ) from exc
             self._add(module, ep.name, dist, ep.dist.version if ep.dist else "?", ep.value)
+
+    def _check_hook_names(self) -> None:
+        """A ``@hookimpl`` whose name is no hook (``hat_config`` for ``hat_configs``) is an error.
+
+        pluggy would register it and never call it: the plugin would load and silently
+        contribute nothing. ``check_pending`` finds such implementations; the error names
+        the distribution, the misspelt hook and the closest real ones.
+        """
+        known = [name for name in dir(HatSpec) if name.startswith(f"{PROJECT}_")]
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            plugin_name = self._pm.get_name(exc.plugin) or "?"
+            hook = next(
+                (
+                    name
+                    for name, caller in vars(self._pm.hook).items()
+                    if isinstance(caller, pluggy.HookCaller)
+                    and not caller.has_spec()
+                    and any(impl.plugin is exc.plugin for impl in caller.get_hookimpls())
+                ),
+                "?",
+            )
+            close = difflib.get_close_matches(hook, known, n=2, cutoff=0.5)
+            raise PluginError(
+                f"plugin {plugin_name!r} from {self._owner.get(plugin_name, '?')} implements {hook!r}, "
+                "which is not a HAT hook: it would never be called",
+                hint=(f"did you mean {', '.join(close)}? " if close else "") + f"the hooks are: {', '.join(known)}",
+            ) from None
 
     def _collect(self) -> None:
         self.registry = Registry()
