@@ -10,7 +10,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,28 @@ def environment() -> dict[str, Any]:
 
     env.update(platform=platform.platform(), cpu=cpu_model(), cpu_count=os.cpu_count())
     return env
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], Any]], *, count: int, rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Milliseconds of each of ``count`` calls per function, taken in ``rounds`` interleaved rounds.
+
+    Every function warms up first; then each round times every function in turn, so a
+    drift of the machine's load hits all of them alike and their ratios stay comparable.
+    """
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    per_round = [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
+    for calls in per_round:
+        for name, fn in runs.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
 
 
 def write_result(path: Path, result: dict[str, Any], console: Console) -> None:

@@ -31,14 +31,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import environment, run, write_result
+from _common import environment, run, time_interleaved, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -194,22 +193,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     load_before = os.getloadavg()
-    for variant in variants:
-        for _ in range(args.warmup):
-            variant["run"]()
-        variant["times"] = []
-    per_round = [args.runs // args.rounds + (1 if i < args.runs % args.rounds else 0) for i in range(args.rounds)]
     console.print(
         f"timing {len(variants)} variants: {args.runs} runs each in {args.rounds} interleaved rounds, "
         f"{args.threads} thread(s) ..."
     )
-    for count in per_round:
-        for variant in variants:
-            run = variant["run"]
-            for _ in range(count):
-                start = time.perf_counter()
-                run()
-                variant["times"].append((time.perf_counter() - start) * 1000.0)
+    times = time_interleaved(
+        {v["variant"]: v["run"] for v in variants}, count=args.runs, rounds=args.rounds, warmup=args.warmup
+    )
+    for variant in variants:
+        variant["times"] = times[variant["variant"]]
     load_after = os.getloadavg()
 
     from hat.deploy.latency import latency_summary

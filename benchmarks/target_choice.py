@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from _common import environment, run, write_result
-from deploy_latency import random_weight_export
+from _common import environment, run, time_interleaved, write_result
+from deploy_latency import int8_share, random_weight_export
 from quant_fidelity import FLOAT_CHECKPOINT, check_demo_outputs, fresh_run_dir
 from rich.console import Console
 from rich.table import Table
@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for variant in variants:
         cfg = stage_config(dirs[variant], SOURCE[variant])
         if args.random_weights:
-            rows[variant]["within_one_step"] = _random_agreement(cfg, host, dirs[variant], args.agreement_inputs)
+            rows[variant]["within_one_step"] = _random_agreement(
+                cfg, host, backend, dirs[variant], args.agreement_inputs
+            )
         else:
             validated = commands.validate(cfg, opt=3, host=host)
             rows[variant]["int_infer"] = validated["metrics"]["onnxruntime"]
@@ -203,26 +205,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     timed = {"float": session_run(first / "model.float.onnx")}
     timed.update({v: session_run(dirs[v] / "export" / "model.onnx") for v in variants})
-    times: dict[str, list[float]] = {name: [] for name in timed}
-    for fn in timed.values():
-        for _ in range(10):
-            fn()
-    for _ in range(args.rounds):
-        for name, fn in timed.items():
-            for _ in range(max(1, args.runs // args.rounds)):
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1e3)
+    times = time_interleaved(timed, count=args.runs, rounds=args.rounds, warmup=10)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     for variant in variants:
         rows[variant]["int8_ms"] = round(medians[variant], 4)
         rows[variant]["float_ms"] = round(medians["float"], 4)
         rows[variant]["speedup"] = round(medians["float"] / medians[variant], 3)
-        compiled = backend.compile(dirs[variant] / "export" / "model.onnx", 3, dirs[variant] / "model.opt3.onnx")
-        from hat.deploy.analysis import analyze
-
-        share = analyze(compiled, exported=dirs[variant] / "export" / "model.onnx", inputs=feeds, opt_level=3)
-        rows[variant]["int8_flops_share"] = round(share.int8_flops_share or 0.0, 4)
+        share = int8_share(backend, dirs[variant] / "export" / "model.onnx", feeds, 3)
+        rows[variant]["int8_flops_share"] = round(share or 0.0, 4)
 
     _print(console, args, variants, rows, float_metrics, medians, probe_int8_kernels())
     result = {
@@ -265,15 +255,13 @@ def _random_fixed(cfg, host) -> torch.nn.Module:
     return _FIXED[target]
 
 
-def _random_agreement(cfg, host, run_dir: Path, count: int) -> dict[str, float]:
+def _random_agreement(cfg, host, backend, run_dir: Path, count: int) -> dict[str, float]:
     """Share of output elements within one step, ORT opt 3 vs torch fixed point, on random inputs."""
     from hat.deploy.commands import as_named
     from hat.deploy.compare import share_within_one_step
-    from hat.deploy.ort_backend import OnnxRuntimeBackend
 
     fixed = _random_fixed(cfg, host)
     meta = json.loads((run_dir / "export" / "export.json").read_text())
-    backend = OnnxRuntimeBackend()
     session = backend.session(run_dir / "export" / "model.onnx", threads=1, opt_level=3)
     generator = torch.Generator().manual_seed(123)
     agree: dict[str, list[float]] = {o["name"]: [] for o in meta["outputs"]}
