@@ -391,27 +391,30 @@ def check_command(
         else "the model runs in onnxruntime"
     )
     _print_saturation(saturation, checked.target)
-    if not saturation.safe and not checked.target.needs_vnni:
+    if not saturation["safe_without_vnni"] and not checked.target.needs_vnni:
         raise typer.Exit(1)
 
 
-def _print_saturation(saturation, target) -> None:
-    """The static proof: safe on every x86 CPU, or which kernels need VNNI."""
-    summary = saturation.summary()
+def _print_saturation(summary: dict, target) -> None:
+    """The static proof (export's summary): safe on every x86 CPU, or which kernels need VNNI."""
     counted = f"{summary['dense_kernels']} dense int8 kernel(s), {summary['depthwise_kernels']} depthwise"
-    if saturation.safe:
+    if summary["safe_without_vnni"]:
         console.out.print(
             f"saturation: safe on every x86 CPU, VNNI or not ({counted}; worst pair of products "
             f"{summary['worst_pair_bound']} <= {summary['limit']}); deploy target {target.name}"
         )
         return
-    unsafe = saturation.unsafe()
+    unsafe = summary["unsafe"]
     table = Table(title=f"int8 kernels that can saturate without VNNI (a pair of products > {summary['limit']})")
     for column in ("node", "module", "weight pair", "activation max", "bound"):
         table.add_column(column, overflow="fold")
     for kernel in unsafe[:20]:
         table.add_row(
-            kernel.node, kernel.module or "-", str(kernel.pair), str(kernel.activation_max), str(kernel.bound)
+            kernel["node"],
+            kernel["module"] or "-",
+            str(kernel["pair"]),
+            str(kernel["activation_max"]),
+            str(kernel["bound"]),
         )
     console.out.print(table)
     verdict = (

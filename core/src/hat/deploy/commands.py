@@ -28,7 +28,6 @@ from hat.stages import StageConfig, check_prerequisites, seed_everything
 if TYPE_CHECKING:
     from hat.deploy.analysis import AnalysisResult
     from hat.deploy.int8_kernels import Int8Kernels
-    from hat.deploy.saturation import SaturationReport
 
 QUANT_STAGES = ("qat", "calibration")
 
@@ -245,10 +244,11 @@ def _announce_kernels(meta: dict[str, Any]) -> Int8Kernels:
 
 @dataclass
 class Checked:
-    """What `hat check` found: every node classified, and the static saturation proof."""
+    """What `hat check` found: every node classified, and the static saturation proof
+    (export's :meth:`SaturationReport.summary <hat.deploy.saturation.SaturationReport.summary>`)."""
 
     analysis: AnalysisResult
-    saturation: SaturationReport
+    saturation: dict[str, Any]
     target: DeployTarget
 
 
@@ -256,10 +256,7 @@ def check(
     stage_cfg: StageConfig, *, stage: str | None = None, opt: int | None = None, host: PluginHost | None = None
 ) -> Checked:
     """Export, compile, run once, classify every node, and bound every int8 kernel."""
-    import onnx
-
     from hat.deploy.analysis import analyze
-    from hat.deploy.saturation import check_saturation
 
     host = host or get_host()
     exported = export(stage_cfg, stage, host)
@@ -270,12 +267,8 @@ def check(
     feeds = _example_feeds(exported.info)
     backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)
     analysis = analyze(compiled, exported=exported.onnx_path, inputs=feeds, opt_level=level)
-    saturation = check_saturation(onnx.load(str(exported.onnx_path)))
-    record = {
-        **analysis.to_dict(),
-        "deploy_target": exported.info.get("deploy_target"),
-        "saturation": saturation.summary(),
-    }
+    saturation = exported.info["saturation"]  # proven by export, on the graph it wrote
+    record = {**analysis.to_dict(), "deploy_target": exported.info.get("deploy_target"), "saturation": saturation}
     (export_dir(stage_cfg) / "check.json").write_text(json.dumps(record, indent=2) + "\n")
     return Checked(analysis, saturation, get_target(target_name_of(stage_cfg.config)))
 
