@@ -140,7 +140,7 @@ def evaluate(
     """The task metrics of an ONNX model over the validation set (int_infer's loop), the
     number of samples, and the raw network outputs (before post-processing)."""
     from hat.deploy.commands import int_infer_loader
-    from hat.deploy.onnx_predictor import OnnxModel
+    from hat.engine.onnx_predictor import OnnxModel
 
     model = OnnxModel(path, inputs=predictor.inputs, outputs=predictor.outputs, opt_level=3, threads=threads)
     loader = int_infer_loader(stage_cfg, predictor, host)

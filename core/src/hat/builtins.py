@@ -36,8 +36,7 @@ def _torch_types() -> list[tuple[str, type]]:
 @hookimpl
 def hat_register(registry) -> None:
     from hat.data import collate, dataset, transforms
-    from hat.deploy import onnx_predictor
-    from hat.engine import calibrator, converters, predictor, processors, trainer
+    from hat.engine import calibrator, converters, onnx_predictor, predictor, processors, trainer
     from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
     from hat.models import bifpn, efficientnet
     from hat.nuscenes import metric as nuscenes_metric

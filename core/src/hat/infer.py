@@ -32,7 +32,7 @@ def run_infer(
     host: PluginHost | None = None,
     **options: Any,
 ) -> list[Path]:
-    from hat.deploy.onnx_predictor import OnnxModel
+    from hat.engine.onnx_predictor import OnnxModel
 
     host = host or get_host()
     cfg = stage_cfg.config

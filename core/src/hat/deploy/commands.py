@@ -297,7 +297,7 @@ def validate(
     are compared element by element in the quantized domain of each output.
     """
     from hat.deploy.compare import share_within_one_step
-    from hat.deploy.onnx_predictor import OnnxModel, OnnxPredictor
+    from hat.engine.onnx_predictor import OnnxModel, OnnxPredictor
     from hat.engine.processors import move_to
 
     host = host or get_host()
