@@ -6,14 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from hat.plugins import PluginHost, set_host
+from hat.plugins import PluginHost
+from hat.testing import use_host
 
 
 @pytest.fixture()
 def toy_engine_host() -> Iterator[PluginHost]:
-    from tests.engine.toy_task import make_host
+    from tests.engine.toy_task import DIST, ToyEnginePlugin
 
-    host = make_host()
-    previous = set_host(host)
-    yield host
-    set_host(previous)
+    with use_host((ToyEnginePlugin(), DIST)) as host:
+        yield host

@@ -13,7 +13,7 @@ import numpy as np
 
 from hat.data.packer import Packer
 from hat.errors import BadSourceRecord, UserError
-from hat.plugins import TaskSpec, hookimpl
+from hat.hookspecs import TaskSpec, hookimpl
 from hat.registry import register_type
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hat.errors import PluginError
-from hat.plugins import CORE_DIST, PluginHost, TaskSpec, get_host, hookimpl, set_host
+from hat.hookspecs import TaskSpec, hookimpl
+from hat.plugins import CORE_DIST, PluginHost, get_host, set_host
 from tests.core.plugin_for_tests import DIST, ToyPlugin
 
 
@@ -78,7 +79,7 @@ def _fake_distribution(site: Path, dist: str, ep_name: str, module: str, body: s
 
 
 PLUGIN_BODY = """
-from hat.plugins import TaskSpec, hookimpl
+from hat.hookspecs import TaskSpec, hookimpl
 
 @hookimpl
 def hat_tasks():

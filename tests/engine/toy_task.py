@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from hat.engine.callbacks.base import Callback
+from hat.hookspecs import TaskSpec, hookimpl
 from hat.metrics import Metric
-from hat.plugins import PluginHost, TaskSpec, hookimpl
+from hat.plugins import PluginHost
 from hat.quant import DeQuantStub, QuantStub
 from hat.registry import register_type
 

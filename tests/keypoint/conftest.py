@@ -2,18 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from hat.testing import host_fixture
 
-import pytest
-
-from hat.plugins import PluginHost, set_host
-
-
-@pytest.fixture()
-def keypoint_host() -> Iterator[PluginHost]:
-    import hat_keypoint.plugin as plugin
-
-    host = PluginHost(entry_points=False, extra=[(plugin, "hat-keypoint")])
-    previous = set_host(host)
-    yield host
-    set_host(previous)
+keypoint_host = host_fixture("hat_keypoint.plugin", "hat-keypoint")

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from hat.errors import ConfigError
-from hat.plugins import PluginHost, set_host
+from hat.plugins import PluginHost
 from hat.quant import qmodules as Q
 from hat.quant.modes import calibration_mode
 from hat.quant.observers import PercentileObserver
 from hat.quant.prepare import quantizers
+from hat.testing import host_fixture
 from tests.quant.nets import make_small
 
-
-@pytest.fixture()
-def host() -> Iterator[PluginHost]:
-    host = PluginHost(entry_points=False)
-    previous = set_host(host)
-    yield host
-    set_host(previous)
+host = host_fixture(None)
 
 
 def pipeline(host: PluginHost, converters: list[dict], **kwargs):

@@ -10,7 +10,7 @@ import inspect
 
 import torch
 
-from hat.plugins import hookimpl
+from hat.hookspecs import hookimpl
 
 
 def _torch_types() -> list[tuple[str, type]]:
@@ -33,39 +33,17 @@ def _torch_types() -> list[tuple[str, type]]:
     return found
 
 
+#: Core's packages whose marked types every install has (the plugin host, the CLI and
+#: the use cases register none; ``ops`` holds plain functions).
+REGISTERED_PACKAGES = ("hat.data", "hat.models", "hat.quant", "hat.engine", "hat.nuscenes")
+
+
 @hookimpl
 def hat_register(registry) -> None:
-    from hat.data import collate, dataset, transforms
-    from hat.engine import calibrator, converters, onnx_predictor, predictor, processors, trainer
-    from hat.engine.callbacks import checkpoint, ema, freeze_bn, lr_updater, monitor, validation
-    from hat.models import bifpn, efficientnet
-    from hat.nuscenes import metric as nuscenes_metric
-    from hat.quant import converters as quant_converters
-
     for name, obj in _torch_types():
         registry.add(obj, name)
-    for module in (
-        collate,
-        dataset,
-        transforms,
-        trainer,
-        calibrator,
-        predictor,
-        processors,
-        converters,
-        checkpoint,
-        validation,
-        monitor,
-        lr_updater,
-        ema,
-        freeze_bn,
-        quant_converters,
-        efficientnet,
-        bifpn,
-        onnx_predictor,
-        nuscenes_metric,
-    ):
-        registry.add_marked(module)
+    for package in REGISTERED_PACKAGES:
+        registry.add_package(package)
 
 
 @hookimpl

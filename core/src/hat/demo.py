@@ -12,42 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from hat import console
+from hat.hookspecs import DemoRecipe
 from hat.plugins import PluginHost, get_host
-
-
-@dataclass(frozen=True)
-class DemoRecipe:
-    """How a task's demo runs.
-
-    ``config``: the tiny config's name. ``dataset``: the synth/packer dataset.
-    ``synth_options`` / ``pack_options``: their keyword options. ``splits``: the splits to
-    pack. ``data_root_key``: the config's top-level key for the packed data directory.
-    ``overrides``: extra ``--set`` values for a short run. ``metrics``: the metric names
-    shown per stage. ``infer_inputs(raw_dir)``: a few raw files to run `hat infer` on;
-    ``infer_options(raw_dir)``: the keyword options that `hat infer` needs with them (e.g.
-    ``{"calib": path}``). ``raw_root_key``: a config key set to the raw dataset directory,
-    for metrics that evaluate against the raw dataset itself (the nuScenes devkit).
-    """
-
-    config: str
-    dataset: str
-    metrics: Sequence[str]
-    splits: Sequence[str] = ("train", "test")
-    synth_options: dict[str, Any] = field(default_factory=dict)
-    pack_options: dict[str, Any] = field(default_factory=dict)
-    data_root_key: str = "data_root"
-    overrides: Sequence[str] = ()
-    stages: Sequence[str] = ("float", "calibration", "qat")
-    infer_inputs: Callable[[Path], list[Path]] | None = None
-    infer_options: Callable[[Path], dict[str, Any]] | None = None
-    raw_root_key: str | None = None
 
 
 def run_demo(

@@ -19,95 +19,20 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
 from hat.errors import PluginError
+from hat.hookspecs import PROJECT, HatSpec, TaskSpec
 from hat.registry import Registry
 
-if TYPE_CHECKING:
-    from hat.demo import DemoRecipe
-
-PROJECT = "hat"
 ENTRY_POINT_GROUP = "hat"
 ENV_RESTRICT = "HAT_PLUGINS"
 CORE_DIST = "hat-core"
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task is, for `hat list`, `hat train TASK` and `hat demo TASK`.
-
-    ``default_config`` is a config name from the plugin's ``hat_configs``;
-    ``dataset`` names the packer/synth dataset the task trains on; ``demo`` is the
-    task's :class:`hat.demo.DemoRecipe` (the tiny config, dataset and options that
-    `hat demo TASK` runs the whole chain with), ``None`` if it has none.
-    """
-
-    name: str
-    summary: str
-    default_config: str
-    dataset: str
-    demo: DemoRecipe | None = None
-
-
-class HatSpec:
-    """Hook specifications. Every hook is optional for a plugin."""
-
-    @hookspec
-    def hat_register(self, registry: Any) -> None:
-        """Register types (models, heads, losses, transforms, datasets, metrics, ...).
-
-        ``registry`` is bound to the calling plugin: ``registry.add(cls)`` registers
-        ``cls`` under its :func:`hat.registry.register_type` name (or ``__name__``),
-        ``registry.add(obj, "Name")`` under an explicit name, and
-        ``registry.add_marked(module)`` everything a module marks. Return nothing.
-        """
-
-    @hookspec
-    def hat_tasks(self) -> Iterable[TaskSpec]:
-        """Return the plugin's tasks as :class:`TaskSpec` objects (names unique)."""
-
-    @hookspec
-    def hat_configs(self) -> Mapping[str, Path]:
-        """Return config name -> path of a YAML file the plugin ships.
-
-        Names are used as ``--config NAME`` and in ``_base_``; they are conventionally
-        the file name without ``.yaml`` and must be unique across plugins.
-        """
-
-    @hookspec
-    def hat_packers(self) -> Mapping[str, type]:
-        """Return dataset name -> packer class (a :class:`hat.data.packer.Packer`).
-
-        `hat pack DATASET` instantiates it with ``src``, ``split`` and the dataset's own
-        options, and the pack driver writes what it yields to LMDB.
-        """
-
-    @hookspec
-    def hat_synth(self) -> Mapping[str, Callable[..., Any]]:
-        """Return dataset name -> synthetic-data generator.
-
-        The generator is called as ``generate(dst: Path, *, seed: int, **options)`` and
-        writes the dataset's real raw layout under ``dst``. Keyword-only parameters
-        with defaults are its options, exposed on the command line as ``--name``.
-        """
-
-    @hookspec
-    def hat_quant_backends(self) -> Mapping[str, Callable[..., Any]]:
-        """Return quantization backend name -> factory (see ``hat.quant``)."""
-
-    @hookspec
-    def hat_compile_backends(self) -> Mapping[str, Callable[..., Any]]:
-        """Return compilation backend name -> factory (see ``hat.deploy``)."""
 
 
 @dataclass(frozen=True)

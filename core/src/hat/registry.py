@@ -13,8 +13,10 @@ is registered at import time, so importing a module never changes global state.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import pkgutil
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,6 +92,34 @@ class Registry:
                 count += 1
         return count
 
+    def add_package(self, package: str, *, owner: str = "hat-core", skip: Iterable[str] = ()) -> int:
+        """Register every marked object in ``package`` and all of its submodules.
+
+        A plugin's types live in many modules; listing them by hand in ``plugin.py``
+        was a list to keep in step with the tree (a new module was silently not
+        registered). Walking the package imports each module once (``skip`` names
+        submodules, relative to ``package``, that must not be imported, e.g. one that
+        needs an optional dependency). A submodule that fails to import is an error
+        naming it, not a silently missing type. Returns how many were registered.
+        """
+        skipped = {f"{package}.{name}" for name in skip}
+        try:
+            root = importlib.import_module(package)
+        except Exception as exc:
+            raise PluginError(f"cannot import {package!r} to register its types: {type(exc).__name__}: {exc}") from exc
+        modules = [root]
+        for info in pkgutil.walk_packages(getattr(root, "__path__", []), prefix=f"{package}."):
+            if info.name in skipped or any(info.name.startswith(f"{s}.") for s in skipped):
+                continue
+            try:
+                modules.append(importlib.import_module(info.name))
+            except Exception as exc:  # a broken module must say which one it is
+                raise PluginError(
+                    f"cannot import {info.name!r} to register its types: {type(exc).__name__}: {exc}",
+                    hint=f"fix the module, or pass skip=[{info.name[len(package) + 1 :]!r}] to add_package",
+                ) from exc
+        return sum(self.add_marked(module, owner=owner) for module in modules)
+
     def scoped(self, owner: str) -> ScopedRegistry:
         """A view that registers everything under ``owner`` (what a plugin's hook gets)."""
         return ScopedRegistry(self, owner)
@@ -147,6 +177,9 @@ class ScopedRegistry:
 
     def add_marked(self, namespace: Any) -> int:
         return self._registry.add_marked(namespace, owner=self.owner)
+
+    def add_package(self, package: str, *, skip: Iterable[str] = ()) -> int:
+        return self._registry.add_package(package, owner=self.owner, skip=skip)
 
     def __contains__(self, name: object) -> bool:
         return name in self._registry

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hat.demo import DemoRecipe
-from hat.plugins import TaskSpec, hookimpl
+from hat.hookspecs import DemoRecipe, TaskSpec, hookimpl
+from hat.plugin_kit import package_configs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "fcos3d_efficientnetb0_nuscenes"
 TINY_CONFIG = "fcos3d_efficientnetb0_nuscenes-tiny"
 
@@ -26,11 +25,7 @@ def _demo_calib(raw: Path) -> dict[str, Path]:
 
 @hookimpl
 def hat_register(registry) -> None:
-    from hat_fcos3d import dataset, infer, metrics, transforms
-    from hat_fcos3d.model import coder, fcos3d, head, loss, postprocess, target
-
-    for module in (dataset, transforms, metrics, infer, coder, fcos3d, head, loss, postprocess, target):
-        registry.add_marked(module)
+    registry.add_package("hat_fcos3d")
 
 
 @hookimpl
@@ -57,4 +52,4 @@ def hat_tasks() -> list[TaskSpec]:
 
 @hookimpl
 def hat_configs() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
+    return package_configs("hat_fcos3d")

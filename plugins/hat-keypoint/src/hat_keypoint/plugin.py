@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hat.demo import DemoRecipe
-from hat.plugins import TaskSpec, hookimpl
+from hat.hookspecs import DemoRecipe, TaskSpec, hookimpl
+from hat.plugin_kit import package_configs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "keypoint_efficientnetb0_carfusion"
 TINY_CONFIG = "keypoint_efficientnetb0_carfusion-tiny"
 
@@ -21,11 +20,7 @@ def _demo_images(raw: Path) -> list[Path]:
 
 @hookimpl
 def hat_register(registry) -> None:
-    from hat_keypoint import dataset, infer, metrics, transforms
-    from hat_keypoint.model import decoder_head, heatmap_decoder, heatmap_model, loss
-
-    for module in (dataset, transforms, metrics, infer, decoder_head, heatmap_decoder, heatmap_model, loss):
-        registry.add_marked(module)
+    registry.add_package("hat_keypoint")
 
 
 @hookimpl
@@ -51,7 +46,7 @@ def hat_tasks() -> list[TaskSpec]:
 
 @hookimpl
 def hat_configs() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.yaml"))}
+    return package_configs("hat_keypoint")
 
 
 @hookimpl
