@@ -13,7 +13,7 @@ from hat.plugin_kit import package_configs
 from hat.registry import Registry
 from hat.testing import PluginDoesNotConform, check_plugin, run_cli, use_host
 
-PLUGIN = '''
+PLUGIN = """
 from hat.hookspecs import TaskSpec, hookimpl
 from hat.plugin_kit import package_configs
 
@@ -28,8 +28,8 @@ def hat_tasks():
 @hookimpl
 def hat_configs():
     return package_configs("{name}")
-'''
-MODEL = '''
+"""
+MODEL = """
 import torch
 from hat.registry import register_type
 
@@ -41,7 +41,7 @@ class KitNet(torch.nn.Module):
 
     def forward(self, batch):
         return {"out": self.conv(batch["img"])}
-'''
+"""
 CONFIG = """
 model: {type: KitNet}
 deploy_model: {type: KitNet, width: 4}
@@ -115,9 +115,9 @@ def test_the_conformance_check_lists_every_problem(on_path: Path) -> None:
     # the model module is skipped, so KitNet is marked but never registered, and the
     # config cannot build its deploy model
     make_package(on_path, "kit_bad", skip=("model",))
-    with use_host((importlib.import_module("kit_bad.plugin"), "hat-kit-bad")) as host:
-        with pytest.raises(PluginDoesNotConform) as err:
-            check_plugin("kit_bad.plugin", "hat-kit-bad", host=host)
+    plugin = importlib.import_module("kit_bad.plugin")
+    with use_host((plugin, "hat-kit-bad")) as host, pytest.raises(PluginDoesNotConform) as err:
+        check_plugin("kit_bad.plugin", "hat-kit-bad", host=host)
     text = str(err.value)
     assert "type 'KitNet' is marked in kit_bad but not registered by hat-kit-bad" in text
     assert "config 'kit_bad_cfg'" in text and "unknown type 'KitNet'" in text
