@@ -35,3 +35,19 @@ def test_constraints_pin_the_cpu_torch_and_numpy_1() -> None:
     assert re.search(r"^torch==2\.13\.0$", pins, re.M)
     assert re.search(r"^numpy.*<2", pins, re.M)
     assert "opencv-python-headless" in pins and not re.search(r"^opencv-python==", pins, re.M)
+
+
+def test_task_configs_inherit_the_stages_instead_of_repeating_them() -> None:
+    """The stage sections are written once, in core's hat_stages; a task sets values."""
+    import yaml
+
+    stage_keys = {"float_trainer", "calibration_trainer", "qat_trainer", "compile"}
+    stage_keys |= {f"{s}_predictor" for s in ("float", "calibration", "qat", "int_infer")}
+    files = sorted(ROOT.glob("plugins/*/src/*/configs/*.yaml"))
+    assert files
+    for path in files:
+        data = yaml.safe_load(path.read_text())
+        repeated = {k for k in stage_keys - {"compile"} if k in data}
+        assert not repeated, f"{path.relative_to(ROOT)} repeats {sorted(repeated)}: set top-level values instead"
+        bases = data.get("_base_")
+        assert bases, f"{path.relative_to(ROOT)} has no _base_ (hat_stages or a config built on it)"

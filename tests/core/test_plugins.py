@@ -24,7 +24,8 @@ def test_core_registers_through_the_same_hooks() -> None:
 def test_in_process_plugin_contributes_everything(toy_host: PluginHost) -> None:
     assert toy_host.task("toy").default_config == "toy-tiny"
     assert toy_host.tasks.owners["toy"] == DIST
-    assert set(toy_host.configs.items) == {"toy_base", "toy-tiny"}
+    assert {n for n, owner in toy_host.configs.owners.items() if owner == DIST} == {"toy_base", "toy-tiny"}
+    assert toy_host.configs.owners["hat_stages"] == CORE_DIST  # the shared stage config
     assert toy_host.packer("toyset").dataset == "toyset"
     assert callable(toy_host.synth_generator("toyset"))
     assert "ToyThing" in toy_host.registry

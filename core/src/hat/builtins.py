@@ -74,3 +74,11 @@ def hat_synth():
     from hat.nuscenes.synth import generate_nuscenes
 
     return {"nuscenes": generate_nuscenes}
+
+
+@hookimpl
+def hat_configs():
+    # hat_stages: the stage protocol every task config starts from (``_base_: hat_stages``).
+    from hat.plugin_kit import package_configs
+
+    return package_configs("hat")

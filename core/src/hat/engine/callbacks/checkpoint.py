@@ -23,17 +23,21 @@ class Checkpoint(Callback):
     def __init__(
         self,
         monitor_metric_key: str | None = None,
-        mode: str = "max",
+        mode: str | None = None,
         save_interval: int = 1,
         interval_by: str = "epoch",
         save_last: bool = True,
         keep_n: int | None = None,
         save_on_loop_end: bool = True,
     ) -> None:
-        """``save_interval``/``interval_by``: write ``-last`` every N epochs or steps;
+        """``monitor_metric_key``/``mode``: what "best" means. By default the runner's first
+        validation metric's headline (its ``name``), and ``max`` or ``min`` by its
+        ``higher_is_better``, so a task config need not spell its metric twice; with no
+        metric at all, the newest checkpoint is the best.
+        ``save_interval``/``interval_by``: write ``-last`` every N epochs or steps;
         ``keep_n``: also keep numbered copies ``<stage>-checkpoint-epoch-<k>`` (or ``-step-``),
         the newest N of them (None = none)."""
-        if mode not in ("max", "min"):
+        if mode not in ("max", "min", None):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if interval_by not in ("epoch", "step"):
             raise ValueError(f"interval_by must be 'epoch' or 'step', got {interval_by!r}")
@@ -50,6 +54,16 @@ class Checkpoint(Callback):
         self._saved_at_step: int | None = None
 
     # -- hooks ------------------------------------------------------------------------------
+    def on_loop_begin(self, state: LoopState) -> None:
+        metrics = getattr(state.runner, "val_metrics", None) or []
+        first = metrics[0] if metrics else None
+        if self.monitor is None and first is not None:
+            self.monitor = first.name
+            if self.mode is None:
+                self.mode = "max" if first.higher_is_better else "min"
+        if self.mode is None:
+            self.mode = "max"
+
     def on_step_end(self, state: LoopState, batch: Any = None, outputs: Any = None) -> None:
         if self.interval_by == "step" and state.global_step % self.interval == 0:
             self._save(state, f"step-{state.global_step}")
