@@ -19,6 +19,8 @@ from hat_fcos3d.model import FCOS3DPostProcess
 from hat_fcos3d.transforms import RandomFlipCamera, ResizeCamera
 from tests.fcos3d.helpers import NUM_ATTRS, NUM_CLASSES, STRIDES, make_target, oracle_outputs
 
+pytestmark = pytest.mark.needs_nuscenes
+
 COLLATE = ListCollate(
     list_keys=["gt_boxes_3d", "gt_labels", "gt_attributes"],
     keep_keys=["sample_token", "camera", "sensor2ego", "ego2global", "img_shape", "ori_shape", "pad_shape", "flipped"],
@@ -68,7 +70,7 @@ def test_resize_and_flip_keep_projections_on_the_same_pixels(nuscenes_packed) ->
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_oracle_detections_score_a_perfect_map_in_the_devkit(nuscenes_root, nuscenes_packed, flip) -> None:
+def test_oracle_detections_score_a_perfect_map_in_the_devkit(nuscenes_dataroot, nuscenes_packed, flip) -> None:
     # 4x the synthetic resolution: every box, even a far traffic cone, then covers a point
     # of the stride-8 grid, as FCOS assignment needs.
     size = (720, 1280)
@@ -79,7 +81,7 @@ def test_oracle_detections_score_a_perfect_map_in_the_devkit(nuscenes_root, nusc
     loader = torch.utils.data.DataLoader(dataset, batch_size=6, collate_fn=COLLATE)
     target = make_target()
     post = FCOS3DPostProcess(strides=STRIDES, num_classes=NUM_CLASSES, num_attrs=NUM_ATTRS, nms_pre=0)
-    metric = NuscenesMonoMetric(str(nuscenes_root), "v1.0-mini")
+    metric = NuscenesMonoMetric(str(nuscenes_dataroot), "v1.0-mini")
     sizes = [(size[0] // s + (size[0] % s > 0), size[1] // s + (size[1] % s > 0)) for s in STRIDES]
     for batch in loader:
         targets = target(

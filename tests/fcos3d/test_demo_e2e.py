@@ -14,7 +14,7 @@ from hat.demo import run_demo
 from hat.plugins import PluginHost, set_host
 from tests.engine.test_stages_cli import hat
 
-pytest.importorskip("nuscenes")
+pytestmark = pytest.mark.needs_nuscenes
 
 SMALL = [
     "float_trainer.num_epochs=1",

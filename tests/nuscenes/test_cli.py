@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("nuscenes")
+from hat import console
+from hat.cli import main
+from hat.data.pack import PackReader
 
-from hat import console  # noqa: E402
-from hat.cli import main  # noqa: E402
-from hat.data.pack import PackReader  # noqa: E402
+pytestmark = pytest.mark.needs_nuscenes
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

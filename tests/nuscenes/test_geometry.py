@@ -9,14 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("nuscenes")
-
-from nuscenes.utils.data_classes import Box  # noqa: E402
-from pyquaternion import Quaternion  # noqa: E402
-
-from hat.data.pack import PackReader  # noqa: E402
-from hat.nuscenes.constants import CAMERAS  # noqa: E402
-from hat.nuscenes.geometry import (  # noqa: E402
+from hat.data.pack import PackReader
+from hat.nuscenes.constants import CAMERAS
+from hat.nuscenes.geometry import (
     box_corners,
     boxes_from_camera,
     boxes_to_camera,
@@ -27,7 +22,9 @@ from hat.nuscenes.geometry import (  # noqa: E402
     transform_matrix,
     yaw_to_quaternion,
 )
-from hat.nuscenes.synth import background_image, camera_intrinsic, camera_sensor2ego  # noqa: E402
+from hat.nuscenes.synth import background_image, camera_intrinsic, camera_sensor2ego
+
+pytestmark = pytest.mark.needs_nuscenes
 
 
 def random_quaternions(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -36,6 +33,8 @@ def random_quaternions(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def test_quaternion_matrix_round_trip_and_devkit_agreement() -> None:
+    from pyquaternion import Quaternion
+
     rng = np.random.default_rng(0)
     quats = random_quaternions(rng, 300)
     quats[:4] = [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]]  # half turns and identity
@@ -104,6 +103,9 @@ def test_nan_velocity_stays_nan() -> None:
 
 
 def test_corners_agree_with_the_devkit_box_in_the_camera() -> None:
+    from nuscenes.utils.data_classes import Box
+    from pyquaternion import Quaternion
+
     rng = np.random.default_rng(5)
     ego2global = transform_matrix(yaw_to_quaternion(0.7), [300.0, 900.0, 0.0])
     sensor2ego = camera_sensor2ego("CAM_FRONT_LEFT")  # level, as the synthetic rig (a camera yaw is exact then)
@@ -119,9 +121,9 @@ def test_corners_agree_with_the_devkit_box_in_the_camera() -> None:
         np.testing.assert_allclose(corners[i], box.corners().T, atol=1e-9)
 
 
-def test_each_box_centre_projects_onto_its_drawing(packed: Path) -> None:
+def test_each_box_centre_projects_onto_its_drawing(nuscenes_packed: Path) -> None:
     """Every box is seen by some camera, and where its centre projects the image is not background."""
-    reader = PackReader(packed / "val_lmdb")
+    reader = PackReader(nuscenes_packed / "val_lmdb")
     checked = 0
     for index in range(len(reader)):
         sample = reader[index]

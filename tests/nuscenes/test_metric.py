@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nuscenes")
+from hat.data.pack import PackReader
+from hat.nuscenes.constants import ATTRIBUTES, DETECTION_CLASSES
+from hat.nuscenes.geometry import boxes_from_camera, boxes_to_camera, project_points
+from hat.nuscenes.metric import NuscenesMetric, attribute_name
+from hat.plugins import PluginHost
 
-from hat.data.pack import PackReader  # noqa: E402
-from hat.nuscenes.constants import ATTRIBUTES, DETECTION_CLASSES  # noqa: E402
-from hat.nuscenes.geometry import boxes_from_camera, boxes_to_camera, project_points  # noqa: E402
-from hat.nuscenes.metric import NuscenesMetric, attribute_name  # noqa: E402
-from hat.plugins import PluginHost  # noqa: E402
+pytestmark = pytest.mark.needs_nuscenes
 
 
 def oracle(sample: dict, keep=None) -> dict:
@@ -30,25 +30,25 @@ def oracle(sample: dict, keep=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def val_samples(packed: Path) -> list[dict]:
-    reader = PackReader(packed / "val_lmdb")
+def val_samples(nuscenes_packed: Path) -> list[dict]:
+    reader = PackReader(nuscenes_packed / "val_lmdb")
     return [reader[i] for i in range(len(reader))]
 
 
-def evaluate(dataroot: Path, detections: list[dict], **kwargs) -> dict[str, float]:
-    metric = NuscenesMetric(str(dataroot), **kwargs)
+def evaluate(nuscenes_dataroot: Path, detections: list[dict], **kwargs) -> dict[str, float]:
+    metric = NuscenesMetric(str(nuscenes_dataroot), **kwargs)
     metric.update({}, {"detections": detections})
     return metric.compute()
 
 
-def test_ground_truth_scores_perfectly(dataroot: Path, val_samples: list[dict]) -> None:
-    values = evaluate(dataroot, [oracle(s) for s in val_samples])
+def test_ground_truth_scores_perfectly(nuscenes_dataroot: Path, val_samples: list[dict]) -> None:
+    values = evaluate(nuscenes_dataroot, [oracle(s) for s in val_samples])
     assert values["mAP"] >= 0.99 and values["NDS"] >= 0.95, values
     assert all(values[f"AP/{c}"] >= 0.99 for c in DETECTION_CLASSES)
     assert values["mATE"] < 1e-6 and values["mAOE"] < 1e-6 and values["mAVE"] < 1e-6 and values["mAAE"] < 1e-6
 
 
-def test_ground_truth_through_each_seeing_camera(dataroot: Path, val_samples: list[dict]) -> None:
+def test_ground_truth_through_each_seeing_camera(nuscenes_dataroot: Path, val_samples: list[dict]) -> None:
     """Each box once, from a camera that sees its centre, round-tripped through that camera's frame."""
     detections = []
     for sample in val_samples:
@@ -78,33 +78,35 @@ def test_ground_truth_through_each_seeing_camera(dataroot: Path, val_samples: li
                 }
             )
         assert not todo.any()  # the rig sees all around
-    values = evaluate(dataroot, detections)
+    values = evaluate(nuscenes_dataroot, detections)
     assert values["mAP"] >= 0.99 and values["NDS"] >= 0.95, values
 
 
-def test_two_classes_cap_map_at_a_fifth(dataroot: Path, val_samples: list[dict]) -> None:
+def test_two_classes_cap_map_at_a_fifth(nuscenes_dataroot: Path, val_samples: list[dict]) -> None:
     two = [DETECTION_CLASSES.index("car"), DETECTION_CLASSES.index("pedestrian")]
-    values = evaluate(dataroot, [oracle(s, lambda b: np.isin(b["label"], two)) for s in val_samples])
+    values = evaluate(nuscenes_dataroot, [oracle(s, lambda b: np.isin(b["label"], two)) for s in val_samples])
     assert values["mAP"] == pytest.approx(0.2, abs=0.01)
     assert values["AP/car"] >= 0.99 and values["AP/truck"] == 0.0
 
 
-def test_nothing_detected_scores_zero(dataroot: Path, val_samples: list[dict], tmp_path: Path) -> None:
+def test_nothing_detected_scores_zero(nuscenes_dataroot: Path, val_samples: list[dict], tmp_path: Path) -> None:
     empty = [oracle(s, lambda b: np.zeros(len(b["label"]), bool)) for s in val_samples]
-    values = evaluate(dataroot, empty, output_dir=str(tmp_path))
+    values = evaluate(nuscenes_dataroot, empty, output_dir=str(tmp_path))
     assert values["mAP"] == 0.0 and values["NDS"] == 0.0 and values["mATE"] == 1.0
     results = json.loads((tmp_path / "results_nusc.json").read_text())["results"]
     assert sorted(results) == sorted(s["sample_token"] for s in val_samples) and not any(results.values())
-    assert evaluate(dataroot, [])["NDS"] == 0.0  # no update at all: every token still present, empty
+    assert evaluate(nuscenes_dataroot, [])["NDS"] == 0.0  # no update at all: every token still present, empty
 
 
-def test_results_merge_sort_cap_and_attributes(dataroot: Path, val_samples: list[dict], tmp_path: Path) -> None:
+def test_results_merge_sort_cap_and_attributes(
+    nuscenes_dataroot: Path, val_samples: list[dict], tmp_path: Path
+) -> None:
     sample = val_samples[0]
     det = oracle(sample)
     n = len(det["label"])
     det["score"] = np.linspace(0.1, 0.9, n)
     halves = [{k: (v if k == "sample_token" else v[i::2]) for k, v in det.items()} for i in (0, 1)]
-    metric = NuscenesMetric(str(dataroot), max_boxes_per_sample=5, output_dir=str(tmp_path))
+    metric = NuscenesMetric(str(nuscenes_dataroot), max_boxes_per_sample=5, output_dir=str(tmp_path))
     metric.update({}, {"detections": halves})
     metric.update({}, {"detections": [{**halves[0], "sample_token": "not-in-the-split"}]})
     results = metric.results([s["sample_token"] for s in val_samples])
@@ -125,13 +127,13 @@ def test_attribute_names() -> None:
     assert attribute_name(cone, ATTRIBUTES.index("vehicle.moving")) == ""
 
 
-def test_registered_and_bad_arguments(dataroot: Path) -> None:
+def test_registered_and_bad_arguments(nuscenes_dataroot: Path) -> None:
     host = PluginHost(entry_points=False)
-    metric = host.registry.build({"type": "NuscenesMetric", "data_root": str(dataroot)})
+    metric = host.registry.build({"type": "NuscenesMetric", "data_root": str(nuscenes_dataroot)})
     assert isinstance(metric, NuscenesMetric) and metric.eval_set == "mini_val" and metric.name == "NDS"
-    assert NuscenesMetric(str(dataroot), version="v1.0-trainval").eval_set == "val"
+    assert NuscenesMetric(str(nuscenes_dataroot), version="v1.0-trainval").eval_set == "val"
     with pytest.raises(ValueError, match="unknown nuScenes version"):
-        NuscenesMetric(str(dataroot), version="v9")
+        NuscenesMetric(str(nuscenes_dataroot), version="v9")
     with pytest.raises(ValueError, match="do not have 1 rows"):
         metric.update({}, {"detections": [{**oracle_stub(), "score": np.ones(3)}]})
 

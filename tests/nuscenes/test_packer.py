@@ -7,19 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("nuscenes")
+from hat.data.dataset import decode_image
+from hat.data.pack import PackReader
+from hat.data.packer import run_pack
+from hat.errors import UserError
+from hat.nuscenes.constants import ATTRIBUTES, CAMERAS, DETECTION_CLASSES, LIDAR
+from hat.nuscenes.geometry import transform_matrix
+from hat.nuscenes.packer import NuscenesPacker
+from hat.nuscenes.synth import generate_nuscenes
 
-from nuscenes.eval.detection.utils import category_to_detection_name  # noqa: E402
-from nuscenes.utils.splits import create_splits_scenes  # noqa: E402
-
-from hat.data.dataset import decode_image  # noqa: E402
-from hat.data.pack import PackReader  # noqa: E402
-from hat.data.packer import run_pack  # noqa: E402
-from hat.errors import UserError  # noqa: E402
-from hat.nuscenes.constants import ATTRIBUTES, CAMERAS, DETECTION_CLASSES, LIDAR  # noqa: E402
-from hat.nuscenes.geometry import transform_matrix  # noqa: E402
-from hat.nuscenes.packer import NuscenesPacker  # noqa: E402
-from hat.nuscenes.synth import generate_nuscenes  # noqa: E402
+pytestmark = pytest.mark.needs_nuscenes
 
 BOX_FIELDS = {
     "center": (np.float64, 3),
@@ -33,13 +30,15 @@ BOX_FIELDS = {
 
 
 def split_sample_tokens(nusc, split: str) -> list[str]:
+    from nuscenes.utils.splits import create_splits_scenes
+
     names = set(create_splits_scenes()[split])
     return [s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in names]
 
 
 @pytest.mark.parametrize(("split", "devkit_split"), [("train", "mini_train"), ("val", "mini_val")])
-def test_sample_count_equals_the_devkit_count(packed: Path, nusc, split: str, devkit_split: str) -> None:
-    reader = PackReader(packed / f"{split}_lmdb")
+def test_sample_count_equals_the_devkit_count(nuscenes_packed: Path, nusc, split: str, devkit_split: str) -> None:
+    reader = PackReader(nuscenes_packed / f"{split}_lmdb")
     expected = split_sample_tokens(nusc, devkit_split)
     assert len(reader) == len(expected) > 0
     assert sorted(reader[i]["sample_token"] for i in range(len(reader))) == sorted(expected)
@@ -47,8 +46,10 @@ def test_sample_count_equals_the_devkit_count(packed: Path, nusc, split: str, de
     assert reader.meta["devkit_split"] == devkit_split and reader.meta["classes"] == list(DETECTION_CLASSES)
 
 
-def test_records_follow_the_layout(packed: Path, nusc) -> None:
-    reader = PackReader(packed / "val_lmdb")
+def test_records_follow_the_layout(nuscenes_packed: Path, nusc) -> None:
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    reader = PackReader(nuscenes_packed / "val_lmdb")
     for index in range(len(reader)):
         record = reader[index]
         assert set(record) == {"sample_token", "scene_name", "timestamp", "lidar_ego2global", "cameras", "boxes"}
@@ -94,13 +95,15 @@ def test_records_follow_the_layout(packed: Path, nusc) -> None:
         assert (boxes["attribute"][no_attribute] == -1).all()
 
 
-def test_workers_write_the_same_pack(dataroot: Path, packed: Path, tmp_path: Path) -> None:
-    run_pack(NuscenesPacker(dataroot, "val"), tmp_path, num_workers=2)
-    ours, reference = PackReader(tmp_path / "val_lmdb"), PackReader(packed / "val_lmdb")
+def test_workers_write_the_same_pack(nuscenes_dataroot: Path, nuscenes_packed: Path, tmp_path: Path) -> None:
+    run_pack(NuscenesPacker(nuscenes_dataroot, "val"), tmp_path, num_workers=2)
+    ours, reference = PackReader(tmp_path / "val_lmdb"), PackReader(nuscenes_packed / "val_lmdb")
     assert [ours.raw(i) for i in range(len(ours))] == [reference.raw(i) for i in range(len(reference))]
 
 
 def test_trainval_version_uses_the_train_and_val_scene_lists(tmp_path: Path) -> None:
+    from nuscenes.utils.splits import create_splits_scenes
+
     root = tmp_path / "raw"
     generate_nuscenes(root, seed=3, version="v1.0-trainval", samples_per_scene=2, objects_per_sample=10, image_width=64)
     splits = create_splits_scenes()
@@ -114,11 +117,11 @@ def test_trainval_version_uses_the_train_and_val_scene_lists(tmp_path: Path) -> 
     assert "pass --version v1.0-trainval" in str(error.value)
 
 
-def test_bad_version_split_and_dataroot(tmp_path: Path, dataroot: Path) -> None:
+def test_bad_version_split_and_dataroot(tmp_path: Path, nuscenes_dataroot: Path) -> None:
     with pytest.raises(UserError, match="unknown nuScenes version"):
-        NuscenesPacker(dataroot, "val", version="v2")
+        NuscenesPacker(nuscenes_dataroot, "val", version="v2")
     with pytest.raises(UserError, match="has no split 'test'"):
-        NuscenesPacker(dataroot, "test")
+        NuscenesPacker(nuscenes_dataroot, "test")
     with pytest.raises(UserError, match="missing attribute.json"):
         run_pack(NuscenesPacker(tmp_path, "val"), tmp_path / "out")
     assert not (tmp_path / "out" / "val_lmdb").exists()

@@ -10,31 +10,32 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("nuscenes")
+from hat.errors import UserError
+from hat.nuscenes.constants import CAMERAS, CLASS_ATTRIBUTES, DETECTION_CLASSES, LIDAR
+from hat.nuscenes.devkit import TABLES
+from hat.nuscenes.synth import MINI_TRAIN, MINI_VAL, generate_nuscenes
 
-from nuscenes.eval.detection.utils import category_to_detection_name  # noqa: E402
-from nuscenes.utils.splits import create_splits_scenes  # noqa: E402
-
-from hat.errors import UserError  # noqa: E402
-from hat.nuscenes.constants import CAMERAS, CLASS_ATTRIBUTES, DETECTION_CLASSES, LIDAR  # noqa: E402
-from hat.nuscenes.devkit import TABLES  # noqa: E402
-from hat.nuscenes.synth import MINI_TRAIN, MINI_VAL, generate_nuscenes  # noqa: E402
-from tests.nuscenes.conftest import SMALL  # noqa: E402
+pytestmark = pytest.mark.needs_nuscenes
 
 
-def test_all_tables_and_the_real_mini_scene_names(dataroot: Path, nusc) -> None:
-    assert sorted(p.stem for p in (dataroot / "v1.0-mini").glob("*.json")) == sorted(TABLES)
+def test_all_tables_and_the_real_mini_scene_names(nuscenes_dataroot: Path, nusc, nuscenes_synth_options) -> None:
+    from nuscenes.utils.splits import create_splits_scenes
+
+    assert sorted(p.stem for p in (nuscenes_dataroot / "v1.0-mini").glob("*.json")) == sorted(TABLES)
     names = [s["name"] for s in nusc.scene]
     splits = create_splits_scenes()
     assert sorted(names) == sorted(splits["mini_train"] + splits["mini_val"])
     assert set(MINI_TRAIN) == set(splits["mini_train"]) and set(MINI_VAL) == set(splits["mini_val"])
-    assert len(nusc.sample) == 10 * SMALL["samples_per_scene"]
+    assert len(nusc.sample) == 10 * nuscenes_synth_options["samples_per_scene"]
     for record in nusc.map:
-        assert (dataroot / record["filename"]).is_file()
+        assert (nuscenes_dataroot / record["filename"]).is_file()
     assert {log["token"] for log in nusc.log} == {t for m in nusc.map for t in m["log_tokens"]}
 
 
 def test_every_class_in_every_split_under_real_category_names(nusc) -> None:
+    from nuscenes.eval.detection.utils import category_to_detection_name
+    from nuscenes.utils.splits import create_splits_scenes
+
     splits = create_splits_scenes()
     for split in ("mini_train", "mini_val"):
         scenes = {s["token"] for s in nusc.scene if s["name"] in splits[split]}
@@ -46,19 +47,20 @@ def test_every_class_in_every_split_under_real_category_names(nusc) -> None:
         assert set(names) == set(DETECTION_CLASSES), (split, names)
 
 
-def test_key_frames_sensors_and_images(dataroot: Path, nusc) -> None:
-    height = round(SMALL["image_width"] * 9 / 16)
+def test_key_frames_sensors_and_images(nuscenes_dataroot: Path, nusc, nuscenes_synth_options) -> None:
+    width = nuscenes_synth_options["image_width"]
+    height = round(width * 9 / 16)
     for sample in nusc.sample:
         assert set(sample["data"]) == {*CAMERAS, LIDAR}
         for channel in CAMERAS:
             sd = nusc.get("sample_data", sample["data"][channel])
-            assert sd["is_key_frame"] and (sd["width"], sd["height"]) == (SMALL["image_width"], height)
+            assert sd["is_key_frame"] and (sd["width"], sd["height"]) == (width, height)
             calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             assert 1.4 < calib["translation"][2] < 1.7  # cameras about 1.5 m above the ground
             assert np.asarray(calib["camera_intrinsic"]).shape == (3, 3)
-        image = cv2.imread(str(dataroot / nusc.get("sample_data", sample["data"]["CAM_FRONT"])["filename"]))
-        assert image.shape == (height, SMALL["image_width"], 3)
-        assert (dataroot / nusc.get("sample_data", sample["data"][LIDAR])["filename"]).is_file()
+        image = cv2.imread(str(nuscenes_dataroot / nusc.get("sample_data", sample["data"]["CAM_FRONT"])["filename"]))
+        assert image.shape == (height, width, 3)
+        assert (nuscenes_dataroot / nusc.get("sample_data", sample["data"][LIDAR])["filename"]).is_file()
 
 
 def test_prev_next_chains_and_velocities(nusc) -> None:
@@ -85,6 +87,8 @@ def test_prev_next_chains_and_velocities(nusc) -> None:
 
 
 def test_attributes_points_and_ranges(nusc) -> None:
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
     for ann in nusc.sample_annotation:
         cls = category_to_detection_name(ann["category_name"])
         assert len(ann["attribute_tokens"]) <= 1 and ann["num_lidar_pts"] >= 1
