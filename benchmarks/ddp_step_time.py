@@ -115,8 +115,7 @@ def _step_timer_class():
 
 def worker(args: argparse.Namespace) -> None:
     """One training run (one rank of it under torchrun)."""
-    from hat import console
-    from hat.engine import distributed
+    from hat import console, distributed
     from hat.engine.context import RunContext
     from hat.plugins import PluginHost
     from hat.stages import seed_everything

@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2)
 
     from hat import console as hat_console
-    from hat.deploy import commands
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.engine.deploy_model import deploy_inputs
     from hat.plugins import get_host
     from hat.stages import load_stage_config
+    from hat.usecases import deploy as commands
 
     hat_console.set_quiet(True)
     console = Console(width=None if sys.stdout.isatty() else 120)

@@ -139,8 +139,8 @@ def evaluate(
 ) -> tuple[dict[str, float], int, dict[str, np.ndarray]]:
     """The task metrics of an ONNX model over the validation set (int_infer's loop), the
     number of samples, and the raw network outputs (before post-processing)."""
-    from hat.deploy.commands import int_infer_loader
     from hat.engine.onnx_predictor import OnnxModel
+    from hat.usecases.deploy import int_infer_loader
 
     model = OnnxModel(path, inputs=predictor.inputs, outputs=predictor.outputs, opt_level=3, threads=threads)
     loader = int_infer_loader(stage_cfg, predictor, host)
@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hat import console as hat_console
     from hat import stages
-    from hat.deploy import commands
     from hat.deploy.analysis import analyze
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.engine.deploy_model import deploy_inputs
     from hat.plugins import get_host
+    from hat.usecases import deploy as commands
 
     hat_console.set_quiet(not args.verbose)
     hat_console.out.quiet = not args.verbose

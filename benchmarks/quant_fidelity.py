@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hat import console as hat_console
     from hat import stages
-    from hat.deploy import commands
     from hat.plugins import get_host
+    from hat.usecases import deploy as commands
 
     hat_console.set_quiet(not args.verbose)
     hat_console.out.quiet = not args.verbose  # the per-stage predict tables

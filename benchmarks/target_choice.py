@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hat import console as hat_console
     from hat import stages
-    from hat.deploy import commands
     from hat.deploy.int8_kernels import probe_int8_kernels
     from hat.deploy.onnx_export import export_onnx
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.plugins import get_host
     from hat.quant.target import get_target
+    from hat.usecases import deploy as commands
 
     hat_console.set_quiet(True)
     hat_console.out.quiet = True
@@ -257,8 +257,8 @@ def _random_fixed(cfg, host) -> torch.nn.Module:
 
 def _random_agreement(cfg, host, backend, run_dir: Path, count: int) -> dict[str, float]:
     """Share of output elements within one step, ORT opt 3 vs torch fixed point, on random inputs."""
-    from hat.deploy.commands import as_named
     from hat.deploy.compare import share_within_one_step
+    from hat.usecases.deploy import as_named
 
     fixed = _random_fixed(cfg, host)
     meta = json.loads((run_dir / "export" / "export.json").read_text())

@@ -150,8 +150,8 @@ def config_show(
 ) -> None:
     """Print the fully resolved config (bases merged, overrides applied, ${...} filled in)."""
     from hat.plugins import get_host
-    from hat.stages import default_work_dir
     from hat.task_config import load_task_config, resolve_config_ref
+    from hat.workdir import default_work_dir
 
     host = get_host()
     _, name = resolve_config_ref(ref, host)
@@ -243,8 +243,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <stage>-checkpoint-last.")] = False,
 ) -> None:
     """Train a stage: float, calibration or qat (DDP under torchrun: `torchrun -m hat train ...`)."""
-    from hat import stages
-    from hat.engine import distributed
+    from hat import distributed, stages
 
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
@@ -267,8 +266,7 @@ def predict_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Evaluate a stage's model (int_infer: the exported ONNX in onnxruntime); writes predict/<stage>.json."""
-    from hat import stages
-    from hat.engine import distributed
+    from hat import distributed, stages
 
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
@@ -287,9 +285,10 @@ def calops_command(
 ) -> None:
     """FLOPs and parameters of the deploy model at its deploy input shape."""
     from hat.engine.calops import calops_for_config
+    from hat.plugins import get_host
 
     stage_cfg = _stage_config(task, config, overrides, None)
-    report = calops_for_config(stage_cfg.config)
+    report = calops_for_config(stage_cfg.config, get_host().registry)
     if as_json:
         console.out.print_json(json.dumps(report.to_dict()))
     else:
@@ -313,7 +312,7 @@ def export_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Fixed-point model -> export/model.onnx (int8 QDQ), model.float.onnx, export.json."""
-    from hat.deploy import commands
+    from hat.usecases import deploy as commands
 
     exported = commands.export(_stage_config(task, config, overrides, work_dir), stage)
     info = exported.info
@@ -335,7 +334,7 @@ def compile_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Optimize the exported model (--opt 0..3) and measure it: compile/perf.json and perf.html."""
-    from hat.deploy import commands
+    from hat.usecases import deploy as commands
 
     data = commands.compile_model(_stage_config(task, config, overrides, work_dir), opt=opt, threads=threads, runs=runs)
     _print_perf(data)
@@ -372,8 +371,8 @@ def check_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Model checker: export, load in onnxruntime, list every node that does not run int8 and why."""
-    from hat.deploy import commands
     from hat.deploy.errors import RuntimeFailure
+    from hat.usecases import deploy as commands
 
     try:
         checked = commands.check(_stage_config(task, config, overrides, work_dir), stage=stage, opt=opt)
@@ -435,7 +434,7 @@ def validate_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Compiled model vs torch fixed-point model on the same data: metrics and agreement."""
-    from hat.deploy import commands
+    from hat.usecases import deploy as commands
 
     result = commands.validate(_stage_config(task, config, overrides, work_dir), opt=opt, max_batches=max_batches)
     table = Table(
@@ -493,6 +492,7 @@ def demo_command(
     from hat.demo import render_report, run_demo
     from hat.errors import UserError
     from hat.plugins import get_host
+    from hat.workdir import demo_work_dir
 
     host = get_host()
     if task is None:
@@ -502,7 +502,7 @@ def demo_command(
                 "no installed task has a demo", hint="install a task plugin, e.g. `pip install hat-keypoint`"
             )
         task = "keypoint" if "keypoint" in with_demo else with_demo[0]
-    chosen = work_dir or Path("hat-work") / f"demo-{task}"
+    chosen = work_dir or demo_work_dir(task)
     report = run_demo(task, chosen, seed=seed, overrides=overrides or (), host=host)
     console.out.print(render_report(report))
     console.out.print(f"report: {chosen / 'demo_report.json'}")

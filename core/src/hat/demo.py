@@ -38,7 +38,7 @@ def run_demo(
     """
     from hat import stages as stage_runner
     from hat.data.packer import run_pack
-    from hat.deploy import commands
+    from hat.usecases import deploy as commands
 
     host = host or get_host()
     spec = host.task(task)

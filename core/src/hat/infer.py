@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hat import workdir
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.stages import StageConfig
 
-MODELS = {"int8": "model.onnx", "float": "model.float.onnx"}
+MODELS = {"int8": workdir.EXPORTED_MODEL, "float": workdir.FLOAT_MODEL}
 
 
 def run_infer(
@@ -43,7 +44,7 @@ def run_infer(
     missing = [str(p) for p in inputs if not Path(p).is_file()]
     if missing:
         raise UserError(f"input file(s) not found: {', '.join(missing)}")
-    path = stage_cfg.work_dir / "export" / MODELS[model]
+    path = workdir.export_dir(stage_cfg.work_dir) / MODELS[model]
     if not path.is_file():
         raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
     inferer = host.registry.build(cfg["infer"], path="infer", locate=cfg.locate)

@@ -11,7 +11,6 @@ file and the command that makes it.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,33 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from hat import distributed
 from hat.config import Config
-from hat.engine import distributed
 from hat.engine.context import RunContext
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.task_config import load_task_config, resolve_config_ref
+from hat.workdir import command_that_makes, default_work_dir
 
 TRAIN_STAGES = ("float", "calibration", "qat")
 PREDICT_STAGES = ("float", "calibration", "qat", "int_infer")
 STAGES = PREDICT_STAGES
-_CHECKPOINT_NAME = re.compile(r"^(float|calibration|qat)-checkpoint-[\w.-]+\.pth\.tar$")
-
-
-def default_work_dir(config_name: str) -> Path:
-    return Path("hat-work") / config_name
-
-
-def command_that_makes(path: Path, task: str) -> str | None:
-    """The `hat` command that writes checkpoint ``path``, judged by its file name."""
-    path = Path(path)
-    match = _CHECKPOINT_NAME.match(path.name)
-    if not match:
-        return None
-    command = f"hat train {task} --stage {match.group(1)}"
-    if path.parent.parts[:1] != ("hat-work",):  # not the default work dir: say which one
-        command += f" --work-dir {path.parent}"
-    return command
 
 
 @dataclass
@@ -154,6 +137,7 @@ def _context(stage_cfg: StageConfig, stage: str, key: str, host: PluginHost, res
         locate=cfg.locate,
         path=key,
         config_name=cfg.name,
+        quant_backends=host.quant_backends.items,
     )
 
 

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from hat.deploy.analysis import AnalysisResult
 from hat.deploy.files import atomic_write_text
 from hat.deploy.perf_html import render_perf_html
+from hat.workdir import PERF_HTML, PERF_JSON
 
 LATENCY_KEYS = ("median_ms", "p10_ms", "p90_ms", "min_ms", "runs", "threads")
 
@@ -64,8 +65,8 @@ def write_perf_report(
     )
     data.update(extra or {})
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "perf.json", json.dumps(data, indent=2))
-    atomic_write_text(out_dir / "perf.html", render_perf_html(data))
+    atomic_write_text(out_dir / PERF_JSON, json.dumps(data, indent=2))
+    atomic_write_text(out_dir / PERF_HTML, render_perf_html(data))
     return data
 
 

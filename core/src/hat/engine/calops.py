@@ -26,6 +26,8 @@ import torch
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from hat.registry import Registry
+
 FLOPS_DEFINITION = "FLOPs = 2 x MACs (one multiply-add = 2 FLOPs)"
 #: Row name for parameters and compute that belong to the root module itself.
 OWN_ROW = "(own)"
@@ -172,10 +174,12 @@ def count_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Calo
     return CalopsReport(total_flops=total_flops, total_params=total_params, per_module=rows)
 
 
-def calops_for_config(config: Any) -> CalopsReport:
-    """`hat calops`: the config's deploy model at its deploy input shape."""
-    from hat.engine.deploy_model import build_deploy_model
-    from hat.plugins import get_host
+def calops_for_config(config: Any, registry: Registry) -> CalopsReport:
+    """`hat calops`: the config's deploy model at its deploy input shape.
 
-    model, inputs = build_deploy_model(config, get_host().registry)
+    ``registry`` builds the model (the caller's plugin host's: the engine does not look it up).
+    """
+    from hat.engine.deploy_model import build_deploy_model
+
+    model, inputs = build_deploy_model(config, registry)
     return count_model(model, inputs)

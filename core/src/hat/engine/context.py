@@ -2,16 +2,20 @@
 
 Configs describe *what* to run; the context says *where and as what*: which task and
 stage, the work directory, the resolved config (stored in checkpoints), the registry to
-build lazy parts with, the seed, and whether to resume.
+build lazy parts with, the installed quantization backends, the seed, and whether to
+resume. The stage that runs the runner fills it from the plugin host, so the engine
+never looks the host up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hat import workdir
+from hat.quant.backend import BackendFactory, builtin_backends
 from hat.registry import Registry
 
 
@@ -30,10 +34,12 @@ class RunContext:
     path: str = ""
     #: the config's name (e.g. "keypoint_efficientnetb0_carfusion-tiny").
     config_name: str = ""
+    #: installed quantization backends by name, for the runner's convert pipeline.
+    quant_backends: Mapping[str, BackendFactory] = field(default_factory=builtin_backends)
 
     def checkpoint_path(self, kind: str, stage: str | None = None) -> Path:
         """``<work-dir>/<stage>-checkpoint-<kind>.pth.tar``."""
-        return self.work_dir / f"{stage or self.stage}-checkpoint-{kind}.pth.tar"
+        return workdir.checkpoint_path(self.work_dir, stage or self.stage, kind)
 
     def log_path(self) -> Path:
-        return self.work_dir / "logs" / f"{self.stage}.jsonl"
+        return workdir.log_path(self.work_dir, self.stage)

@@ -4,12 +4,14 @@
 qconfig_params: {...}, converters: [{type: LoadCheckpoint, ...}, {type: Float2Calibration}]}``.
 Each converter is called as ``converter(model, context) -> model``; the context carries
 the task, stage and the pipeline's quantization settings (used by the quantization
-converters), so converters stay independent of each other.
+converters), so converters stay independent of each other. The quantization backends
+are handed in by whoever runs the pipeline (a stage passes the plugin host's); called
+without them, the pipeline uses core's built-in ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,9 @@ import torch
 from hat.console import info
 from hat.engine.checkpoint_io import load_checkpoint
 from hat.errors import UserError
+from hat.quant.backend import BackendFactory, builtin_backends
 from hat.registry import register_type
+from hat.workdir import command_that_makes
 
 
 @dataclass
@@ -31,6 +35,8 @@ class ConvertContext:
     quant_backend: str = "torch_native"
     #: The config's top-level ``deploy_target`` (None: the portable default).
     deploy_target: str | None = None
+    #: Installed quantization backends by name (the plugin host's, handed down).
+    quant_backends: Mapping[str, BackendFactory] = field(default_factory=builtin_backends)
 
 
 class Converter(Protocol):
@@ -52,9 +58,18 @@ class ModelConvertPipeline:
         self.quant_backend = quant_backend
 
     def __call__(
-        self, model: torch.nn.Module, *, task: str = "TASK", stage: str = "float", deploy_target: str | None = None
+        self,
+        model: torch.nn.Module,
+        *,
+        task: str = "TASK",
+        stage: str = "float",
+        deploy_target: str | None = None,
+        quant_backends: Mapping[str, BackendFactory] | None = None,
     ) -> torch.nn.Module:
-        """``deploy_target``: the config's top-level value, which every stage shares."""
+        """``deploy_target``: the config's top-level value, which every stage shares.
+
+        ``quant_backends``: the installed backends by name (default: core's built-in ones).
+        """
         context = ConvertContext(
             task=task,
             stage=stage,
@@ -62,6 +77,7 @@ class ModelConvertPipeline:
             qconfig_params=self.qconfig_params,
             quant_backend=self.quant_backend,
             deploy_target=deploy_target,
+            quant_backends=builtin_backends() if quant_backends is None else quant_backends,
         )
         for converter in self.converters:
             model = converter(model, context)
@@ -89,8 +105,6 @@ class LoadCheckpoint:
     def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
         if not self.checkpoint_path:
             return model
-        from hat.stages import command_that_makes
-
         path = Path(self.checkpoint_path)
         payload = load_checkpoint(path, made_by=command_that_makes(path, context.task))
         load_state(model, payload["model"], path, allow_miss=self.allow_miss, ignore_extra=self.ignore_extra)

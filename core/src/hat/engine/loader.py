@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from hat.engine import distributed
+from hat import distributed
 from hat.errors import ConfigError
 from hat.registry import Registry
 

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from hat import console
-from hat.engine import distributed
+from hat import console, distributed
 from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
 from hat.engine.runner import LoopRunner, evaluate
 from hat.metrics import Metric
 from hat.registry import register_type
 
+from hat.workdir import prediction_path
 
 @register_type("Predictor", lazy_args=("data_loader",))
 class Predictor(LoopRunner):
@@ -63,7 +63,7 @@ def write_prediction(ctx: RunContext, metrics: dict[str, float], samples: int) -
         "num_samples": samples,
     }
     if distributed.is_main():
-        out = ctx.work_dir / "predict" / f"{ctx.stage}.json"
+        out = prediction_path(ctx.work_dir, ctx.stage)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         table = Table(title=f"{ctx.task} · {ctx.stage} · {samples} samples", title_justify="left")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hat.engine import distributed
+from hat import distributed
 
 
 class RunLog:

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from hat import console
-from hat.engine import distributed
+from hat import console, distributed
 from hat.engine.callbacks.base import Callback
 from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
@@ -70,7 +69,11 @@ class LoopRunner:
         model = self.model
         if self.model_convert_pipeline is not None:
             model = self.model_convert_pipeline(
-                model, task=ctx.task, stage=ctx.stage, deploy_target=ctx.config.get("deploy_target")
+                model,
+                task=ctx.task,
+                stage=ctx.stage,
+                deploy_target=ctx.config.get("deploy_target"),
+                quant_backends=ctx.quant_backends,
             )
         return model.to(self.device())
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hat.engine import distributed
+from hat import distributed
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hat.engine import distributed
+from hat import distributed
 from hat.engine.callbacks.base import Callback
 from hat.engine.checkpoint_io import load_checkpoint, restore_rng
 from hat.engine.context import RunContext

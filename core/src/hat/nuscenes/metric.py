@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hat import console
-from hat.engine import distributed
+from hat import console, distributed
 from hat.metrics import Metric
 from hat.nuscenes.constants import ATTRIBUTES, CLASS_ATTRIBUTES, DEFAULT_ATTRIBUTE, DETECTION_CLASSES, SPLIT_NAMES
 from hat.nuscenes.devkit import load_nuscenes, require_devkit

@@ -11,6 +11,7 @@ runs exactly on that target.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -55,3 +56,17 @@ class TorchNativeBackend:
 
     def convert_fixed(self, model):
         return freeze(model)
+
+
+#: A backend factory: called with no arguments, it returns a :class:`QuantBackend`.
+BackendFactory = Callable[[], QuantBackend]
+
+
+def builtin_backends() -> dict[str, BackendFactory]:
+    """The backends core ships, by name: what core's ``hat_quant_backends`` contributes.
+
+    Also the table a convert pipeline uses when its caller hands it none (a pipeline
+    built and called directly, as in tests), so nothing below the plugin host has to
+    look the host up.
+    """
+    return {TorchNativeBackend.name: TorchNativeBackend}

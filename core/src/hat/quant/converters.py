@@ -1,18 +1,26 @@
 """The stage converters of ``model_convert_pipeline``: Float2Calibration, Float2QAT, QAT2Quantize.
 
-They look up the quantization backend the pipeline names (``quant_backend``, default
-``torch_native``) and hand it the pipeline's ``qconfig_params`` plus the config's
-``deploy_target`` (see :mod:`hat.quant.target`); what was left float is
+They take the quantization backend the pipeline names (``quant_backend``, default
+``torch_native``) from the backends their context was handed (the plugin host's, via
+the stage that runs the pipeline) and give it the pipeline's ``qconfig_params`` plus the
+config's ``deploy_target`` (see :mod:`hat.quant.target`); what was left float is
 printed so that nothing is silently slower on the device.
+
+quant is a library below the engine: the context is described here as a protocol
+(:class:`QuantContext`), which the engine's ``ConvertContext`` satisfies, so nothing
+here imports the engine or the plugin host.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 import torch
 
 from hat.console import info
-from hat.engine.converters import ConvertContext
 from hat.errors import ConfigError
+from hat.quant.backend import BackendFactory, QuantBackend
 from hat.quant.target import CONFIG_KEY as TARGET_KEY
 from hat.quant.target import DEFAULT_TARGET
 from hat.registry import register_type
@@ -20,10 +28,28 @@ from hat.registry import register_type
 SUPPORTED_QAT_MODES = ("fuse_bn",)
 
 
-def _backend(context: ConvertContext):
-    from hat.plugins import get_host
+class QuantContext(Protocol):
+    """What a quantization converter reads from the convert pipeline's context."""
 
-    backends = get_host().quant_backends.items
+    @property
+    def task(self) -> str: ...
+    @property
+    def qat_mode(self) -> str | None: ...
+    @property
+    def qconfig_params(self) -> Mapping[str, Any]: ...
+    @property
+    def quant_backend(self) -> str: ...
+    @property
+    def quant_backends(self) -> Mapping[str, BackendFactory]:
+        """The installed backends by name, handed down by whoever runs the pipeline."""
+        ...
+
+    @property
+    def deploy_target(self) -> str | None: ...
+
+
+def _backend(context: QuantContext) -> QuantBackend:
+    backends = context.quant_backends
     name = context.quant_backend
     if name not in backends:
         raise ConfigError(
@@ -33,7 +59,7 @@ def _backend(context: ConvertContext):
     return backends[name]()
 
 
-def _check_mode(context: ConvertContext) -> None:
+def _check_mode(context: QuantContext) -> None:
     if context.qat_mode not in (None, *SUPPORTED_QAT_MODES):
         raise ConfigError(
             f"qat_mode {context.qat_mode!r} is not supported",
@@ -41,7 +67,7 @@ def _check_mode(context: ConvertContext) -> None:
         )
 
 
-def _prepare(context: ConvertContext, stage: str, model: torch.nn.Module) -> torch.nn.Module:
+def _prepare(context: QuantContext, stage: str, model: torch.nn.Module) -> torch.nn.Module:
     backend = _backend(context)
     prepare = backend.prepare_calibration if stage == "calibration" else backend.prepare_qat
     if TARGET_KEY in context.qconfig_params:
@@ -71,7 +97,7 @@ class Float2Calibration:
         # HAT converts by module swapping whatever it says.
         self.convert_mode = convert_mode
 
-    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+    def __call__(self, model: torch.nn.Module, context: QuantContext) -> torch.nn.Module:
         _check_mode(context)
         return _prepare(context, "calibration", model)
 
@@ -83,7 +109,7 @@ class Float2QAT:
     def __init__(self, convert_mode: str | None = None) -> None:
         self.convert_mode = convert_mode
 
-    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+    def __call__(self, model: torch.nn.Module, context: QuantContext) -> torch.nn.Module:
         _check_mode(context)
         return _prepare(context, "qat", model)
 
@@ -92,7 +118,7 @@ class Float2QAT:
 class QAT2Quantize:
     """Calibration or QAT model -> fixed-point model (what export and validate use)."""
 
-    def __call__(self, model: torch.nn.Module, context: ConvertContext) -> torch.nn.Module:
+    def __call__(self, model: torch.nn.Module, context: QuantContext) -> torch.nn.Module:
         try:
             return _backend(context).convert_fixed(model)
         except ValueError as exc:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hat.engine import distributed
+from hat import distributed, workdir
 from hat.engine.callbacks.base import Callback
 from hat.engine.checkpoint_io import capture_rng, save_checkpoint
 from hat.engine.state import LoopState
@@ -103,13 +103,13 @@ class Checkpoint(Callback):
             return
         payload = self._payload(state)
         work_dir = Path(state.work_dir)
-        last = work_dir / f"{state.stage}-checkpoint-last.pth.tar"
+        last = workdir.checkpoint_path(work_dir, state.stage, workdir.LAST)
         if self.save_last:
             save_checkpoint(last, payload)
         if improved:
-            save_checkpoint(work_dir / f"{state.stage}-checkpoint-best.pth.tar", payload)
+            save_checkpoint(workdir.checkpoint_path(work_dir, state.stage, workdir.BEST), payload)
         if self.keep_n:
-            save_checkpoint(work_dir / f"{state.stage}-checkpoint-{tag}.pth.tar", payload)
+            save_checkpoint(workdir.checkpoint_path(work_dir, state.stage, tag), payload)
             self._prune(work_dir, state.stage)
         runner = state.runner
         if runner is not None and hasattr(runner, "print"):
@@ -140,7 +140,7 @@ class Checkpoint(Callback):
             digits = path.name[: -len(".pth.tar")].rsplit("-", 1)[-1]
             return int(digits) if digits.isdigit() else -1
 
-        numbered = sorted(work_dir.glob(f"{stage}-checkpoint-*-*.pth.tar"), key=number)
+        numbered = sorted(work_dir.glob(workdir.numbered_checkpoint_glob(stage)), key=number)
         for old in numbered[: max(0, len(numbered) - int(self.keep_n or 0))]:
             old.unlink()
 

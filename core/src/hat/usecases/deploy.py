@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hat import console
+from hat import console, workdir
 from hat.engine.converters import ConvertContext, ModelConvertPipeline
 from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
@@ -41,7 +41,7 @@ class Exported:
 
 
 def export_dir(stage_cfg: StageConfig) -> Path:
-    return stage_cfg.work_dir / "export"
+    return workdir.export_dir(stage_cfg.work_dir)
 
 
 def choose_stage(stage_cfg: StageConfig, stage: str | None) -> str:
@@ -53,7 +53,7 @@ def choose_stage(stage_cfg: StageConfig, stage: str | None) -> str:
     found = [
         (path.stat().st_mtime_ns, name)
         for name in QUANT_STAGES
-        if (path := stage_cfg.work_dir / f"{name}-checkpoint-best.pth.tar").is_file()
+        if (path := workdir.checkpoint_path(stage_cfg.work_dir, name, workdir.BEST)).is_file()
         and f"{name}_predictor" in stage_cfg.config
     ]
     if not found:
@@ -86,12 +86,21 @@ def fixed_point_model(
     seed_everything(int(stage_cfg.config.get("seed", 0)))
     pipeline, _ = _pipeline(stage_cfg, stage, host)
     model, inputs = build_deploy_model(stage_cfg.config, host.registry)
-    model = pipeline(model, task=stage_cfg.task, stage=stage, deploy_target=target_name_of(stage_cfg.config)).eval()
+    backends = host.quant_backends.items
+    model = pipeline(
+        model,
+        task=stage_cfg.task,
+        stage=stage,
+        deploy_target=target_name_of(stage_cfg.config),
+        quant_backends=backends,
+    ).eval()
     with torch.no_grad():
         model(inputs)  # records each layer's input grid, which freezing puts the biases on
     from hat.quant.converters import QAT2Quantize
 
-    context = ConvertContext(task=stage_cfg.task, stage=stage, quant_backend=pipeline.quant_backend)
+    context = ConvertContext(
+        task=stage_cfg.task, stage=stage, quant_backend=pipeline.quant_backend, quant_backends=backends
+    )
     fixed = QAT2Quantize()(model, context)
     return fixed, inputs, pipeline.checkpoint_paths()
 
@@ -101,7 +110,7 @@ def float_model(stage_cfg: StageConfig, host: PluginHost | None = None) -> torch
     host = host or get_host()
     pipeline, _ = _pipeline(stage_cfg, "float", host)
     model, _ = build_deploy_model(stage_cfg.config, host.registry)
-    return pipeline(model, task=stage_cfg.task, stage="float").eval()
+    return pipeline(model, task=stage_cfg.task, stage="float", quant_backends=host.quant_backends.items).eval()
 
 
 def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | None = None) -> Exported:
@@ -116,15 +125,15 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
     _check_trained_target(checkpoints, target.name, stage_cfg.task)
     out = export_dir(stage_cfg)
-    info = export_onnx(fixed, inputs, out / "model.onnx", opset=opset, target=target)
-    float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / "model.float.onnx", opset=opset)
+    info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
+    float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / workdir.FLOAT_MODEL, opset=opset)
     extra = {
         "stage": stage,
         "config": stage_cfg.config.name,
         "source_checkpoint": [str(p) for p in checkpoints],
         "float_model": str(float_info.path),
     }
-    info.write_json(out / "export.json", **extra)
+    info.write_json(out / workdir.EXPORT_INFO, **extra)
     for warning in info.warnings:
         console.warn(warning)
     return Exported(stage, info.path, float_info.path, {**info.to_dict(), **extra})
@@ -154,10 +163,10 @@ def _check_trained_target(checkpoints: list[Path], target: str, task: str) -> No
 
 def _exported(stage_cfg: StageConfig) -> tuple[Path, Path, dict[str, Any]]:
     out = export_dir(stage_cfg)
-    model, meta = out / "model.onnx", out / "export.json"
+    model, meta = out / workdir.EXPORTED_MODEL, out / workdir.EXPORT_INFO
     if not model.is_file() or not meta.is_file():
         raise UserError(f"no exported model in {out}", hint=f"run `hat export {stage_cfg.task}` first")
-    return model, out / "model.float.onnx", json.loads(meta.read_text())
+    return model, out / workdir.FLOAT_MODEL, json.loads(meta.read_text())
 
 
 def _compile_settings(stage_cfg: StageConfig, **given: Any) -> dict[str, Any]:
@@ -198,9 +207,9 @@ def compile_model(
     model_path, float_path, meta = _exported(stage_cfg)
     settings = _compile_settings(stage_cfg, opt=opt, threads=threads, runs=runs)
     backend = _backend(settings["backend"], host)
-    out_dir = stage_cfg.work_dir / "compile"
+    out_dir = workdir.compile_dir(stage_cfg.work_dir)
     level = int(settings["opt"])
-    compiled = backend.compile(model_path, level, out_dir / f"model.opt{level}.onnx")
+    compiled = backend.compile(model_path, level, out_dir / workdir.compiled_model_name(level))
     feeds = _example_feeds(meta)
     common = {"threads": int(settings["threads"]), "warmup": int(settings["warmup"]), "runs": int(settings["runs"])}
     console.info(f"measuring int8 latency at opt {level} ({common['runs']} runs, {common['threads']} thread(s))")
@@ -263,13 +272,13 @@ def check(
     settings = _compile_settings(stage_cfg, opt=opt)
     backend = _backend(settings["backend"], host)
     level = int(settings["opt"])
-    compiled = backend.compile(exported.onnx_path, level, export_dir(stage_cfg) / f"check.opt{level}.onnx")
+    compiled = backend.compile(exported.onnx_path, level, export_dir(stage_cfg) / workdir.check_model_name(level))
     feeds = _example_feeds(exported.info)
     backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)
     analysis = analyze(compiled, exported=exported.onnx_path, inputs=feeds, opt_level=level)
     saturation = exported.info["saturation"]  # proven by export, on the graph it wrote
     record = {**analysis.to_dict(), "deploy_target": exported.info.get("deploy_target"), "saturation": saturation}
-    (export_dir(stage_cfg) / "check.json").write_text(json.dumps(record, indent=2) + "\n")
+    (export_dir(stage_cfg) / workdir.CHECK_INFO).write_text(json.dumps(record, indent=2) + "\n")
     return Checked(analysis, saturation, get_target(target_name_of(stage_cfg.config)))
 
 
@@ -363,7 +372,7 @@ def validate(
         "deploy_target": meta.get("deploy_target"),
         "int8_kernels": kernels.to_dict(),
     }
-    (stage_cfg.work_dir / "validate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (stage_cfg.work_dir / workdir.VALIDATE_INFO).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
