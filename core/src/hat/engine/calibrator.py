@@ -21,6 +21,7 @@ from hat.engine.processors import MultiBatchProcessor
 from hat.engine.runner import LoopRunner
 from hat.engine.state import LoopState
 from hat.metrics import Metric
+from hat.postprocess import PostProcessFn
 from hat.registry import register_type
 
 
@@ -37,8 +38,9 @@ class Calibrator(LoopRunner):
         val_metrics: Sequence[Metric] = (),
         device: str | None = None,
         log_interval: int | float | None = None,
+        post_process: PostProcessFn | None = None,
     ) -> None:
-        super().__init__(model, model_convert_pipeline, callbacks, val_metrics, device)
+        super().__init__(model, model_convert_pipeline, callbacks, val_metrics, device, post_process)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.data_loader_cfg = data_loader

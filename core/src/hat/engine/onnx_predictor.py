@@ -1,13 +1,14 @@
 """int_infer: the exported int8 ONNX model run by onnxruntime over the validation set.
 
 This is the accuracy of the real deployable model. Post-processing (decoding heatmaps,
-NMS) stays in Python, as it would on the device's host CPU; it is the same callable the
-task uses for its torch models, applied to the ONNX outputs.
+NMS) stays in Python, as it would on the device's host CPU; it is the task's one
+``post_process`` (:mod:`hat.postprocess`), the same the torch predictors apply, here
+to the ONNX outputs, which carry the names the torch model's eval outputs have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hat.engine.predictor import write_prediction
 from hat.engine.runner import LoopRunner, batch_size_of
 from hat.errors import UserError
 from hat.metrics import Metric
+from hat.postprocess import PostProcessFn, apply_post_process, reset_post_process
 from hat.registry import register_type
 
 
@@ -71,7 +73,7 @@ class OnnxPredictor(LoopRunner):
 
     ``inputs`` maps ONNX input names to batch keys, ``outputs`` renames ONNX outputs to
     the keys the post-process and metrics read; ``post_process(outputs, batch)`` turns
-    raw network outputs into what the metrics take (the task's decoder).
+    raw network outputs into what the metrics take (the config's ``post_process``).
     """
 
     def __init__(
@@ -81,16 +83,15 @@ class OnnxPredictor(LoopRunner):
         metrics: Sequence[Metric],
         inputs: Mapping[str, str] | None = None,
         outputs: Mapping[str, str] | None = None,
-        post_process: Callable[..., Any] | None = None,
+        post_process: PostProcessFn | None = None,
         opt_level: int = 3,
         threads: int = 1,
     ) -> None:
-        super().__init__(torch.nn.Identity(), None, (), metrics, "cpu")
+        super().__init__(torch.nn.Identity(), None, (), metrics, "cpu", post_process)
         self.model_path = Path(model_path)
         self.data_loader_cfg = data_loader
         self.inputs = inputs
         self.outputs = outputs
-        self.post_process = post_process
         self.opt_level = opt_level
         self.threads = threads
 
@@ -110,12 +111,11 @@ class OnnxPredictor(LoopRunner):
         loader = self.build_data_loader(ctx, train=False)
         for metric in self.val_metrics:
             metric.reset()
+        reset_post_process(self.post_process)
         samples = 0
         with self.progress(f"predict {ctx.stage} (onnxruntime)", len(loader)):
             for batch in loader:
-                outputs = model(batch)
-                if self.post_process is not None:
-                    outputs = self.post_process(outputs, batch)
+                outputs = apply_post_process(self.post_process, model(batch), batch)
                 for metric in self.val_metrics:
                     metric.update(batch, outputs)
                 samples += batch_size_of(batch)

@@ -14,9 +14,10 @@ from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
 from hat.engine.runner import LoopRunner, evaluate
 from hat.metrics import Metric
+from hat.postprocess import PostProcessFn
 from hat.registry import register_type
-
 from hat.workdir import prediction_path
+
 
 @register_type("Predictor", lazy_args=("data_loader",))
 class Predictor(LoopRunner):
@@ -30,8 +31,9 @@ class Predictor(LoopRunner):
         callbacks: Sequence[Any] = (),
         device: str | None = None,
         log_interval: int | None = None,
+        post_process: PostProcessFn | None = None,
     ) -> None:
-        super().__init__(model, model_convert_pipeline, callbacks, metrics, device)
+        super().__init__(model, model_convert_pipeline, callbacks, metrics, device, post_process)
         self.data_loader_cfg = data_loader
         self.batch_processor = batch_processor
 
@@ -48,6 +50,7 @@ class Predictor(LoopRunner):
                 self.device(),
                 batch_processor=self.batch_processor,
                 on_batch=self.advance,
+                post_process=self.post_process,
             )
         result = write_prediction(ctx, metrics, samples)
         self.log.write({"event": "predict", "samples": samples, **metrics})

@@ -20,6 +20,7 @@ from hat.engine.converters import ModelConvertPipeline
 from hat.engine.runlog import RunLog
 from hat.engine.state import LoopState
 from hat.metrics import Metric
+from hat.postprocess import PostProcessFn, apply_post_process, check_post_process, reset_post_process
 
 
 class LoopRunner:
@@ -30,6 +31,7 @@ class LoopRunner:
         callbacks: Sequence[Callback] = (),
         val_metrics: Sequence[Metric] = (),
         device: str | None = None,
+        post_process: PostProcessFn | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -38,15 +40,22 @@ class LoopRunner:
         self.callbacks = list(callbacks)
         self.val_metrics = list(val_metrics)
         self.device_name = device
+        #: The task's ``post_process(outputs, batch)`` (see hat.postprocess): what the metrics read.
+        self.post_process = post_process
         self.log: RunLog | None = None
         self._progress = None
         self._task_id = None
 
     # -- run setup --------------------------------------------------------------------------
     def begin(self, ctx: RunContext) -> None:
-        """Remember the run's context and open its log (every runner starts this way)."""
+        """Remember the run's context and open its log (every runner starts this way).
+
+        A post-process that must agree with the model (strides, box coding) checks it here,
+        before any work is done.
+        """
         self.context = ctx
         self.log = RunLog(ctx.log_path())
+        check_post_process(self.post_process, self.model)
 
     def build_data_loader(self, ctx: RunContext, *, train: bool) -> torch.utils.data.DataLoader:
         """This runner's ``data_loader`` config, built for the run (see hat.engine.loader)."""
@@ -125,11 +134,15 @@ def evaluate(
     batch_processor: Any = None,
     max_batches: int | None = None,
     on_batch: Any = None,
+    post_process: PostProcessFn | None = None,
 ) -> tuple[dict[str, float], int]:
     """Run ``model`` in eval mode over ``loader``; returns (metrics over all ranks, samples).
 
-    ``on_batch()`` is called after each batch (progress). The model's train/eval mode is
-    restored afterwards, because validation happens in the middle of training.
+    The model's raw outputs go through ``post_process(outputs, batch)`` (reset once,
+    before the first batch) and the metrics read its predictions: the same decoding the
+    ONNX predictor and the inferer use. ``on_batch()`` is called after each batch
+    (progress). The model's train/eval mode is restored afterwards, because validation
+    happens in the middle of training.
     """
     from hat.engine.processors import move_to
 
@@ -137,6 +150,7 @@ def evaluate(
     model.eval()
     for metric in metrics:
         metric.reset()
+    reset_post_process(post_process)
     samples = 0
     try:
         with torch.no_grad():
@@ -148,6 +162,7 @@ def evaluate(
                     outputs, _ = batch_processor(model, batch, device)
                 else:
                     outputs = model(batch)
+                outputs = apply_post_process(post_process, outputs, batch)
                 for metric in metrics:
                     metric.update(batch, outputs)
                 samples += batch_size_of(batch)

@@ -28,6 +28,7 @@ from hat.engine.runner import LoopRunner
 from hat.engine.state import LoopState
 from hat.errors import UserError
 from hat.metrics import Metric
+from hat.postprocess import PostProcessFn
 from hat.registry import register_type
 
 
@@ -52,8 +53,9 @@ class Trainer(LoopRunner):
         sync_bn: bool = False,
         find_unused_parameters: bool = False,
         device: str | None = None,
+        post_process: PostProcessFn | None = None,
     ) -> None:
-        super().__init__(model, model_convert_pipeline, callbacks, val_metrics, device)
+        super().__init__(model, model_convert_pipeline, callbacks, val_metrics, device, post_process)
         if num_epochs is None and num_steps is None:
             raise ValueError("set num_epochs or num_steps")
         for name, value in (("num_epochs", num_epochs), ("num_steps", num_steps)):

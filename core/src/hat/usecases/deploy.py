@@ -302,12 +302,14 @@ def validate(
 ) -> dict[str, Any]:
     """The compiled ONNX model and the torch fixed-point model on the same validation data.
 
-    Both go through the int_infer predictor's post-processing and metrics; the outputs
+    Both go through the int_infer predictor's post-processing and metrics (each pass its
+    own copy of both, so a stateful post-process keeps one state per model); the outputs
     are compared element by element in the quantized domain of each output.
     """
     from hat.deploy.compare import share_within_one_step
     from hat.engine.onnx_predictor import OnnxModel, OnnxPredictor
     from hat.engine.processors import move_to
+    from hat.postprocess import apply_post_process, reset_post_process
 
     host = host or get_host()
     model_path, _, meta = _exported(stage_cfg)
@@ -330,6 +332,9 @@ def validate(
     onnx_metrics = predictor.val_metrics
     for metric in (*torch_metrics, *onnx_metrics):
         metric.reset()
+    torch_post, onnx_post = copy.deepcopy(predictor.post_process), predictor.post_process
+    for post_process in (torch_post, onnx_post):
+        reset_post_process(post_process)
     agree: dict[str, list[float]] = {name: [] for name in scales}
     counts: dict[str, int] = {name: 0 for name in scales}
     samples = 0
@@ -353,9 +358,11 @@ def validate(
                 agree[name].append(share * ref.size)
                 counts[name] += ref.size
             torch_out = {rename.get(k, k): v for k, v in raw_torch.items()}
-            for outputs, metrics in ((torch_out, torch_metrics), (raw_onnx, onnx_metrics)):
-                if predictor.post_process is not None:
-                    outputs = predictor.post_process(outputs, batch)
+            for outputs, post_process, metrics in (
+                (torch_out, torch_post, torch_metrics),
+                (raw_onnx, onnx_post, onnx_metrics),
+            ):
+                outputs = apply_post_process(post_process, outputs, batch)
                 for metric in metrics:
                     metric.update(batch, outputs)
             samples += next(iter(raw_torch.values())).shape[0]

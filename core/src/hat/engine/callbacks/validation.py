@@ -17,7 +17,8 @@ from hat.registry import register_type
 class Validation(Callback):
     """Runs before a Checkpoint listed after it, so "best" sees fresh metrics.
 
-    ``metrics`` default to the runner's ``val_metrics``. Each result goes to
+    ``metrics`` default to the runner's ``val_metrics``, and they read the predictions of
+    the runner's ``post_process`` (the one the predictors use). Each result goes to
     ``state.metrics``, the run log and the console.
     """
 
@@ -61,7 +62,12 @@ class Validation(Callback):
         metrics = self.metrics if self.metrics is not None else runner.val_metrics
         loader = self._build(state)
         results, samples = evaluate(
-            state.plain_model, loader, metrics, runner.device(), batch_processor=self.batch_processor
+            state.plain_model,
+            loader,
+            metrics,
+            runner.device(),
+            batch_processor=self.batch_processor,
+            post_process=getattr(runner, "post_process", None),
         )
         self._validated_at = state.global_step
         state.metrics.update(results)
