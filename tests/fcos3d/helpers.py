@@ -138,9 +138,13 @@ def tiny_model(width: int = 8, channels: int = 16, deploy: bool = False, seed: i
         head,
         target=make_target(),
         loss=FCOS3DLoss(num_classes=NUM_CLASSES, num_attrs=NUM_ATTRS),
-        postprocess=FCOS3DPostProcess(strides=STRIDES, num_classes=NUM_CLASSES, num_attrs=NUM_ATTRS),
         deploy=deploy,
     )
+
+
+def tiny_post_process() -> FCOS3DPostProcess:
+    """The post-process that decodes :func:`tiny_model`'s outputs."""
+    return FCOS3DPostProcess(strides=STRIDES, num_classes=NUM_CLASSES, num_attrs=NUM_ATTRS)
 
 
 #: Input size of the whole-model tests (small: the shared CPU is slow on many thin convs).

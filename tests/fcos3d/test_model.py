@@ -15,7 +15,15 @@ from hat.quant.qconfig import QConfig
 from hat_fcos3d.model import FCOS3D, FCOS3DHead, FCOS3DPostProcess, FCOS3DTarget
 from hat_fcos3d.model.head import OUTPUT_KINDS, unflatten_outputs
 from hat_fcos3d.model.loss import LOSS_NAMES
-from tests.fcos3d.helpers import MODEL_HW, STRIDES, featmap_sizes, settle_batchnorm, tiny_model, training_batch
+from tests.fcos3d.helpers import (
+    MODEL_HW,
+    STRIDES,
+    featmap_sizes,
+    settle_batchnorm,
+    tiny_model,
+    tiny_post_process,
+    training_batch,
+)
 
 
 def calibrated_fixed_point(model: FCOS3D, batches: int = 2) -> FCOS3D:
@@ -39,18 +47,19 @@ def test_training_forward_returns_named_losses_and_trains() -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_eval_forward_returns_raw_maps_and_camera_detections() -> None:
+def test_eval_forward_returns_flat_raw_maps_that_the_post_process_decodes() -> None:
     model = tiny_model().eval()
     batch = training_batch()
     with torch.no_grad():
         out = model(batch)
-    assert set(out) == {"raw", "detections_cam"}
-    assert list(out["raw"]) == list(OUTPUT_KINDS)
+    assert list(out) == [f"{kind}_{level}" for kind in OUTPUT_KINDS for level in range(len(STRIDES))]
+    raw = unflatten_outputs(out)
     sizes = featmap_sizes(MODEL_HW)
-    assert [tuple(m.shape[-2:]) for m in out["raw"]["cls"]] == sizes
-    assert out["raw"]["cls"][0].shape[:2] == (2, 10) and out["raw"]["attr"][0].shape[1] == 9
-    assert len(out["detections_cam"]) == 2
-    for dets in out["detections_cam"]:
+    assert [tuple(m.shape[-2:]) for m in raw["cls"]] == sizes
+    assert raw["cls"][0].shape[:2] == (2, 10) and raw["attr"][0].shape[1] == 9
+    detections = tiny_post_process()(out, batch)["detections_cam"]
+    assert len(detections) == 2
+    for dets in detections:
         assert set(dets) == {"center", "size", "yaw", "velocity", "label", "score", "attribute"}
 
 
@@ -74,14 +83,12 @@ def test_mismatched_parts_are_rejected() -> None:
     head = FCOS3DHead(in_channels=8, feat_channels=8, strides=STRIDES)
     with pytest.raises(ValueError, match="strides"):
         FCOS3D(torch.nn.Identity(), None, head, target=FCOS3DTarget(strides=(8, 16, 32), regress_ranges=[(0, 1)] * 3))
+    model = FCOS3D(torch.nn.Identity(), None, head, target=FCOS3DTarget(strides=STRIDES, dir_offset=0.0))
     with pytest.raises(ValueError, match="encode boxes differently"):
-        FCOS3D(
-            torch.nn.Identity(),
-            None,
-            head,
-            target=FCOS3DTarget(strides=STRIDES, dir_offset=0.0),
-            postprocess=FCOS3DPostProcess(strides=STRIDES),
-        )
+        FCOS3DPostProcess(strides=STRIDES).check_model(model)
+    with pytest.raises(ValueError, match="post_process strides"):
+        FCOS3DPostProcess(strides=(8, 16, 32)).check_model(FCOS3D(torch.nn.Identity(), None, head))
+    FCOS3DPostProcess(strides=STRIDES).check_model(FCOS3D(torch.nn.Identity(), None, head))  # agrees
     with pytest.raises(KeyError, match="gt_boxes_3d"):
         tiny_model().train()({"img": torch.zeros(1, 3, *MODEL_HW), "intrinsic": torch.eye(3)[None]})
 
@@ -92,12 +99,13 @@ def test_whole_model_converts_to_int8_and_tracks_the_float_model() -> None:
     batch = training_batch(seed=5)
     with torch.no_grad():
         ref = model.forward_raw(batch["img"])
-        out = qmodel(batch)
-    assert len(out["detections_cam"]) == 2
+        flat = qmodel(batch)
+        out = unflatten_outputs(flat)
+    assert len(tiny_post_process()(flat, batch)["detections_cam"]) == 2
     # Untrained class logits barely vary around the prior's -4.6, so int8 steps are a
     # larger share of their spread than for the regression outputs.
     for kind, least in (("cls", 0.9), ("depth", 0.95), ("offset", 0.95)):
-        a, b = torch.cat([m.flatten() for m in out["raw"][kind]]), torch.cat([m.flatten() for m in ref[kind]])
+        a, b = torch.cat([m.flatten() for m in out[kind]]), torch.cat([m.flatten() for m in ref[kind]])
         assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > least, kind
 
 

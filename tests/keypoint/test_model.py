@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hat.models import ConvBNAct, EfficientNet
+from hat.postprocess import PostProcess
 from hat.quant import qmodules as Q
 from hat.quant.modes import calibration_mode
 from hat.quant.prepare import convert, freeze
@@ -21,6 +22,7 @@ from hat_keypoint.model import (
     HeatmapDecoder,
     HeatmapKeypointModel,
     HeatmapMSELoss,
+    KeypointPostProcess,
     decoder_head,
     heatmap_decoder,
     heatmap_model,
@@ -45,9 +47,7 @@ def recipe_head() -> DeconvDecoder:
 
 def build(deploy: bool = False, seed: int = 0) -> HeatmapKeypointModel:
     torch.manual_seed(seed)
-    return HeatmapKeypointModel(
-        b0_backbone(), recipe_head(), HeatmapMSELoss(), HeatmapDecoder(scale=4, mode="averaged"), deploy=deploy
-    )
+    return HeatmapKeypointModel(b0_backbone(), recipe_head(), HeatmapMSELoss(), deploy=deploy)
 
 
 def training_batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -107,8 +107,7 @@ def test_forward_loss_and_backward() -> None:
     model = build().train()
     batch = training_batch()
     out = model(batch)
-    assert set(out) == {"heatmap", "loss"}  # no decoding while training
-    assert out["heatmap"].shape == (2, NUM, 32, 32)
+    assert set(out) == {"loss"}  # training returns the losses alone
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     for param in (
@@ -119,18 +118,20 @@ def test_forward_loss_and_backward() -> None:
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
 
 
-def test_eval_decodes_keypoints_inside_the_image() -> None:
+def test_eval_returns_raw_heatmaps_that_the_post_process_decodes_inside_the_image() -> None:
     model = build().eval()
     batch = training_batch()
     with torch.no_grad():
-        out = model({"img": batch["img"]})  # validation batches carry no heatmap targets
-    assert set(out) == {"heatmap", "pred_keypoints", "pred_scores"}
-    assert out["pred_keypoints"].shape == (2, NUM, 2) and out["pred_scores"].shape == (2, NUM)
-    assert (out["pred_keypoints"] >= 0).all() and (out["pred_keypoints"] <= 128).all()
+        out = model(batch)  # targets in the batch change nothing in eval
+        assert set(out) == {"heatmap"} and out["heatmap"].shape == (2, NUM, 32, 32)
+        assert torch.equal(model({"img": batch["img"]})["heatmap"], out["heatmap"])
+    predictions = KeypointPostProcess(scale=4, mode="averaged")(out, batch)
+    assert set(predictions) == {"heatmap", "pred_keypoints", "pred_scores"}
+    keypoints = predictions["pred_keypoints"]
+    assert keypoints.shape == (2, NUM, 2) and predictions["pred_scores"].shape == (2, NUM)
+    assert (keypoints >= 0).all() and (keypoints <= 128).all()
     expected, _ = HeatmapDecoder(4, "averaged")(out["heatmap"])
-    assert torch.equal(out["pred_keypoints"], expected)
-    with torch.no_grad():
-        assert "loss" in model(batch)  # eval with targets (validation loss) is allowed
+    assert torch.equal(keypoints, expected)
 
 
 def test_deploy_returns_only_heatmaps_and_shares_the_state_dict() -> None:
@@ -144,10 +145,10 @@ def test_deploy_returns_only_heatmaps_and_shares_the_state_dict() -> None:
         ref = train_model(batch)
     assert set(out) == {"heatmap"}
     assert torch.equal(out["heatmap"], ref["heatmap"])
-    # loss and decoder are not submodules: nothing for the quantizer or the checkpoint
+    # the loss is not a submodule: nothing for the quantizer or the checkpoint
     names = {name for name, _ in train_model.named_modules()}
-    assert "loss" not in names and "post_process" not in names
-    assert not any("loss" in key or "post_process" in key for key in train_model.state_dict())
+    assert "loss" not in names
+    assert not any("loss" in key for key in train_model.state_dict())
 
 
 def test_heatmap_mse_loss_ignores_invalid_keypoints() -> None:
@@ -200,10 +201,11 @@ def test_registered_names_build_the_reference_model() -> None:
             "final_conv_kernel": 3,
         },
         "loss": {"type": "HeatmapMSELoss"},
-        "post_process": {"type": "HeatmapDecoder", "scale": 4, "mode": "averaged"},
     }
     model = registry.build(cfg)
-    assert isinstance(model, HeatmapKeypointModel) and isinstance(model.post_process, HeatmapDecoder)
+    assert isinstance(model, HeatmapKeypointModel) and isinstance(model.loss, HeatmapMSELoss)
+    post_process = registry.build({"type": "KeypointPostProcess", "scale": 4, "mode": "averaged"})
+    assert isinstance(post_process, KeypointPostProcess) and isinstance(post_process, PostProcess)
     metric = registry.build({"type": "PCKMetric", "alpha": 0.1, "feat_stride": 4, "img_shape": [128, 128]})
     assert metric.name == "PCK@0.1"
 
@@ -296,9 +298,7 @@ def test_short_training_halves_the_loss() -> None:
     # Three keypoints; image channel k shows a blob at keypoint k, so the task is local
     # (find the blob) and learnable in a few steps. Stride 8 features + one deconv -> stride 4.
     torch.manual_seed(0)
-    model = HeatmapKeypointModel(
-        TinyBackbone(), DeconvDecoder(64, 3, -1, 1, [32], [4]), HeatmapMSELoss(), HeatmapDecoder()
-    ).train()
+    model = HeatmapKeypointModel(TinyBackbone(), DeconvDecoder(64, 3, -1, 1, [32], [4]), HeatmapMSELoss()).train()
     keypoints = random_keypoints(4, 16.0, 112.0, seed=5)[:, :3]
     keypoints[0, 2, 2] = 0.0  # one invalid keypoint
     heatmap, weight = reference_targets(keypoints)

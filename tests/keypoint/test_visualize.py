@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hat_keypoint.visualize import LEFT_COLOUR, RIGHT_COLOUR, draw_keypoints, save_png
+from hat.inferer import save_png
+from hat_keypoint.visualize import LEFT_COLOUR, RIGHT_COLOUR, draw_keypoints
 
 POINTS = (
     np.array(

@@ -9,15 +9,16 @@ so ``--calib`` names a JSON file with the 3x3 intrinsics, as nuScenes'
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from hat.errors import UserError
+from hat.inferer import ImageInferer, ModelFn
+from hat.postprocess import PostProcessFn
 from hat.registry import register_type
 
 
@@ -39,49 +40,59 @@ def load_intrinsic(path: Path) -> np.ndarray:
 
 
 @register_type("FCOS3DInferer")
-class FCOS3DInferer:
-    """Reads each image, runs the exported model, decodes, draws boxes scoring at least ``score_threshold``."""
+class FCOS3DInferer(ImageInferer):
+    """Core's image inferer with the 3D boxes scoring at least ``score_threshold`` drawn.
+
+    Its one task option is ``--calib`` (see the module docstring), which it requires.
+    Writes ``<stem>_boxes3d.png``.
+    """
+
+    suffix = "boxes3d"
 
     def __init__(
-        self, transforms: Sequence[Callable[..., dict]], post_process: Callable[..., dict], score_threshold: float = 0.3
+        self, transforms: Sequence[Callable[..., dict]], post_process: PostProcessFn, score_threshold: float = 0.3
     ) -> None:
-        self.transforms = list(transforms)
-        self.post_process = post_process
+        super().__init__(transforms, post_process)
         self.score_threshold = float(score_threshold)
 
     def __call__(
-        self, paths: Sequence[Path], model: Callable[[dict], dict], save_path: Path, calib: Path | None = None
+        self, paths: Sequence[Path], model: ModelFn, save_path: Path, *, calib: Path | None = None
     ) -> list[Path]:
-        from hat_fcos3d.visualize import draw_boxes_3d, save_png
-
+        """``calib``: the camera calibration JSON of the images as given (required)."""
         if calib is None:
             raise UserError(
                 "fcos3d needs the camera's intrinsics to place boxes in 3D",
                 hint='pass --calib FILE.json with {"camera_intrinsic": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]}',
             )
-        intrinsic = load_intrinsic(calib)
-        rng = np.random.default_rng(0)
-        written = []
-        for path in paths:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise UserError(f"cannot read image {path}", hint="pass a JPEG or PNG file")
-            sample: dict[str, Any] = {
-                "img": image,
-                "color_space": "bgr",
-                "intrinsic": intrinsic.astype(np.float32),
-                "gt_boxes_3d": np.zeros((0, 9), np.float32),
-            }
-            for transform in self.transforms:
-                sample = transform(sample, rng)
-            batch = {"img": sample["img"][None], "intrinsic": torch.as_tensor(sample["intrinsic"])[None]}
-            det = self.post_process(model(batch), batch)["detections_cam"][0]
-            keep = det["score"] >= self.score_threshold
-            boxes = torch.cat([det["center"], det["size"], det["yaw"][:, None]], dim=1)[keep].numpy()
-            # Boxes are metric: drawn through the original camera onto the original image.
-            drawn = draw_boxes_3d(image, boxes, det["label"][keep].tolist(), intrinsic, det["score"][keep].tolist())
-            written.append(save_png(Path(save_path) / f"{Path(path).stem}_boxes3d.png", drawn))
-        return written
+        return self.run(paths, model, save_path, intrinsic=load_intrinsic(calib))
+
+    def sample(self, image: np.ndarray, *, intrinsic: np.ndarray, **context: Any) -> dict[str, Any]:
+        return {
+            "img": image,
+            "color_space": "bgr",
+            "intrinsic": intrinsic.astype(np.float32),
+            "gt_boxes_3d": np.zeros((0, 9), np.float32),
+        }
+
+    def batch(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        return {"img": sample["img"][None], "intrinsic": torch.as_tensor(sample["intrinsic"])[None]}
+
+    def draw(
+        self,
+        image: np.ndarray,
+        sample: Mapping[str, Any],
+        predictions: Mapping[str, Any],
+        *,
+        intrinsic: np.ndarray,
+        **context: Any,
+    ) -> np.ndarray:
+        from hat_fcos3d.visualize import draw_boxes_3d
+
+        det = predictions["detections_cam"][0]
+        keep = det["score"] >= self.score_threshold
+        boxes = torch.cat([det["center"], det["size"], det["yaw"][:, None]], dim=1)[keep].numpy()
+        # Boxes are metric: drawn through the original camera onto the original image.
+        return draw_boxes_3d(image, boxes, det["label"][keep].tolist(), intrinsic, det["score"][keep].tolist())
 
 
 def demo_images(raw: Path, count: int = 3) -> list[Path]:

@@ -1,13 +1,13 @@
 """Pictures of 3D boxes: each box's eight corners projected through the camera and joined.
 
-Used by ``hat infer fcos3d``. The front face (the heading) is drawn with a cross so
-that a box turned the wrong way round is visible at a glance; classes get fixed colours.
+Used by ``hat infer fcos3d`` (core's :func:`hat.inferer.save_png` writes the picture).
+The front face (the heading) is drawn with a cross so that a box turned the wrong way
+round is visible at a glance; classes get fixed colours.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -63,11 +63,3 @@ def draw_boxes_3d(
             x, y = uv[:, 0].min(), uv[:, 1].min()
             cv2.putText(out, text, (int(x), max(int(y) - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1, cv2.LINE_AA)
     return out
-
-
-def save_png(path: str | Path, img: np.ndarray) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"could not write {path}")
-    return path

@@ -7,46 +7,37 @@ first), so the inputs are car crops; the prediction is mapped back from the padd
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from hat.inferer import ImageInferer
 from hat.registry import register_type
+
+#: A keypoint is drawn when its heatmap peak is above this.
+MIN_SCORE = 0.1
 
 
 @register_type("KeypointInferer")
-class KeypointInferer:
-    def __init__(self, transforms: Sequence[Callable[..., dict]], post_process: Callable[..., dict]) -> None:
-        self.transforms = list(transforms)
-        self.post_process = post_process
+class KeypointInferer(ImageInferer):
+    """Core's image inferer with the car's keypoints and skeleton drawn on each crop.
 
-    def __call__(self, paths: Sequence[Path], model: Callable[[dict], dict], save_path: Path) -> list[Path]:
-        from hat_keypoint.visualize import draw_keypoints, save_png
+    Takes no task options. Writes ``<stem>_keypoints.png``.
+    """
 
-        written = []
-        rng = np.random.default_rng(0)
-        for path in paths:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                from hat.errors import UserError
+    suffix = "keypoints"
 
-                raise UserError(f"cannot read image {path}", hint="pass a JPEG or PNG file")
-            sample: dict[str, Any] = {"img": image, "color_space": "bgr"}
-            for transform in self.transforms:
-                sample = transform(sample, rng)
-            batch = {"img": sample["img"][None]}
-            outputs = self.post_process(model(batch), batch)
-            points = outputs["pred_keypoints"][0].detach().cpu().numpy().astype(np.float64)
-            points = to_original(points, sample)
-            scores = outputs["pred_scores"][0].detach().cpu().numpy()
-            drawn = draw_keypoints(image, np.concatenate([points, (scores > 0.1)[:, None]], axis=1))
-            out = Path(save_path) / f"{Path(path).stem}_keypoints.png"
-            save_png(out, drawn)
-            written.append(out)
-        return written
+    def draw(
+        self, image: np.ndarray, sample: Mapping[str, Any], predictions: Mapping[str, Any], **context: Any
+    ) -> np.ndarray:
+        from hat_keypoint.visualize import draw_keypoints
+
+        points = predictions["pred_keypoints"][0].detach().cpu().numpy().astype(np.float64)
+        points = to_original(points, sample)
+        scores = predictions["pred_scores"][0].detach().cpu().numpy()
+        return draw_keypoints(image, np.concatenate([points, (scores > MIN_SCORE)[:, None]], axis=1))
 
 
 def to_original(points: np.ndarray, sample: dict[str, Any]) -> np.ndarray:

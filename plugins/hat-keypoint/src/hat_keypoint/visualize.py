@@ -1,13 +1,12 @@
 """Pictures of car keypoints: the wireframe and points drawn over an image.
 
-Used by ``hat infer keypoint`` and for looking at packed or synthetic data. The car's
-left side and right side get different colours so that a left/right mix-up (a flip
-without the pair swap, say) is visible at a glance.
+Used by ``hat infer keypoint`` and for looking at packed or synthetic data (core's
+:func:`hat.inferer.save_png` writes the picture). The car's left side and right side
+get different colours so that a left/right mix-up (a flip without the pair swap, say)
+is visible at a glance.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -55,17 +54,6 @@ def draw_keypoints(
         if valid[k]:
             cv2.circle(out, pts[k], radius << _SHIFT, _side_colour(k), -1, cv2.LINE_AA, _SHIFT)
     return out
-
-
-def save_png(path: str | Path, img: np.ndarray) -> Path:
-    """Write ``img`` (BGR or grayscale uint8) as a PNG, creating the folder; returns the path."""
-    path = Path(path)
-    ok, data = cv2.imencode(".png", np.asarray(img))
-    if not ok:
-        raise ValueError(f"cannot encode an image of shape {np.shape(img)} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.tobytes())
-    return path
 
 
 def _side_colour(index: int) -> tuple[int, int, int]:

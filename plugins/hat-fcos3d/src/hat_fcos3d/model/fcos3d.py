@@ -1,11 +1,14 @@
-"""FCOS3D: image -> per-level head outputs (+ losses in training, + 3D boxes in eval).
+"""FCOS3D: image -> per-level head outputs (or the losses, in training).
 
 The network is ``QuantStub -> backbone -> neck -> FCOS3DHead`` (the head ends in one
 ``DeQuantStub`` per output kind): with a ReLU EfficientNet and the BiFPN everything
 between the stubs is int8, and only the head's per-level scales are float multiplies
-on its outputs. Targets, losses and decoding hold no parameters and run on the host;
-like the keypoint model they are kept out of the module tree so the quantizer never
-sees them and the state_dict is the network's alone (the same with ``deploy`` on or off).
+on its outputs. Targets and losses hold no parameters and run on the host; like the
+keypoint model they are kept out of the module tree so the quantizer never sees them
+and the state_dict is the network's alone (the same with ``deploy`` on or off).
+Decoding and NMS are not the model's: they are the config's ``post_process``
+(:class:`~hat_fcos3d.model.postprocess.FCOS3DPostProcess`), core's one path for the
+torch and ONNX outputs alike (:mod:`hat.postprocess`).
 
 Batch keys:
 
@@ -19,9 +22,8 @@ Batch keys:
   (otherwise the projected corners' extent, clipped to the image).
 
 Outputs: training -> ``{"loss_cls": .., "loss_offset": .., ...}`` (every key matches the
-engine's ``collect_loss_by_regex("loss")``); eval -> ``{"raw": {kind: [levels]},
-"detections_cam": [per image dict]}``; ``deploy`` (or a bare tensor input) -> the flat
-``{"cls_0": .., ..., "centerness_4": ..}`` that export writes as graph outputs.
+engine's ``collect_loss_by_regex("loss")``); eval, ``deploy`` or a bare tensor input ->
+the flat ``{"cls_0": .., ..., "centerness_4": ..}`` that export writes as graph outputs.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ from hat.quant import QuantStub
 from hat.registry import register_type
 from hat_fcos3d.model.head import flatten_outputs
 from hat_fcos3d.model.loss import FCOS3DLoss
-from hat_fcos3d.model.postprocess import FCOS3DPostProcess
 from hat_fcos3d.model.target import GT_KEYS, FCOS3DTarget
 
 
 @register_type("FCOS3D")
 class FCOS3D(nn.Module):
-    """Backbone + neck + FCOS3D head, with targets, loss and post-process around it.
+    """Backbone + neck + FCOS3D head, with targets and loss around it.
 
     Args:
         backbone: image -> list of feature maps (``efficientnet`` with strides 8, 16, 32).
@@ -51,8 +52,8 @@ class FCOS3D(nn.Module):
         head: :class:`~hat_fcos3d.model.head.FCOS3DHead`.
         target: :class:`FCOS3DTarget`; with ``loss``, needed for training.
         loss: :class:`FCOS3DLoss` (no parameters).
-        postprocess: :class:`FCOS3DPostProcess`; applied in eval mode.
-        deploy: the exported form (flat raw outputs only).
+        deploy: the exported form: no target or loss is kept, and ``forward`` returns
+            the flat raw outputs in every mode.
     """
 
     def __init__(
@@ -62,7 +63,6 @@ class FCOS3D(nn.Module):
         head: nn.Module,
         target: FCOS3DTarget | None = None,
         loss: FCOS3DLoss | None = None,
-        postprocess: FCOS3DPostProcess | None = None,
         deploy: bool = False,
     ) -> None:
         super().__init__()
@@ -73,11 +73,10 @@ class FCOS3D(nn.Module):
         self.deploy = deploy
         if loss is not None and any(True for _ in loss.parameters()):
             raise ValueError("the loss must not have parameters: it is kept outside the network's state")
-        _check_consistent(head, target, postprocess)
+        check_consistent(head, target)
         # Plain attributes, not submodules (object.__setattr__ skips nn.Module's registration).
         object.__setattr__(self, "target", None if deploy else target)
         object.__setattr__(self, "loss", None if deploy else loss)
-        object.__setattr__(self, "postprocess", None if deploy else postprocess)
 
     def forward_raw(self, img: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """The network alone: ``{kind: [per-level maps]}`` (float, after the dequant stubs)."""
@@ -86,17 +85,12 @@ class FCOS3D(nn.Module):
             features = self.neck(features)
         return self.head(features)
 
-    def forward(self, batch: Mapping[str, Any] | torch.Tensor) -> dict[str, Any]:
+    def forward(self, batch: Mapping[str, Any] | torch.Tensor) -> dict[str, torch.Tensor]:
         img = batch if isinstance(batch, torch.Tensor) else batch["img"]
         raw = self.forward_raw(img)
-        if self.deploy or isinstance(batch, torch.Tensor):
+        if self.deploy or isinstance(batch, torch.Tensor) or not self.training:
             return flatten_outputs(raw)
-        if self.training:
-            return self.losses(raw, batch)
-        outputs: dict[str, Any] = {"raw": raw}
-        if self.postprocess is not None and "intrinsic" in batch:
-            outputs["detections_cam"] = self.postprocess.decode(raw, batch["intrinsic"])
-        return outputs
+        return self.losses(raw, batch)
 
     def losses(self, raw: Mapping[str, list[torch.Tensor]], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named losses of a training batch (see the module docstring for its keys)."""
@@ -118,20 +112,25 @@ class FCOS3D(nn.Module):
         return self.loss(raw, targets)
 
     def extra_repr(self) -> str:
-        return f"deploy={self.deploy}, target={self.target!r}, postprocess={self.postprocess!r}"
+        return f"deploy={self.deploy}, target={self.target!r}"
 
 
-def _check_consistent(head: nn.Module, target: FCOS3DTarget | None, postprocess: FCOS3DPostProcess | None) -> None:
-    """Strides and coder settings must agree: a mismatch trains one encoding and decodes another."""
+def check_consistent(head: nn.Module | None, target: Any, post_process: Any = None) -> None:
+    """Strides and coder settings must agree: a mismatch trains one encoding and decodes another.
+
+    ``target`` is an :class:`FCOS3DTarget` and ``post_process`` an ``FCOS3DPostProcess``
+    (either may be None); the model checks its target, the post-process checks itself
+    against the model it decodes (``FCOS3DPostProcess.check_model``).
+    """
     strides = getattr(head, "strides", None)
-    for name, part in (("target", target), ("postprocess", postprocess)):
+    for name, part in (("target", target), ("post_process", post_process)):
         if part is None:
             continue
         if strides is not None and tuple(part.strides) != tuple(strides):
             raise ValueError(f"{name} strides {tuple(part.strides)} differ from the head's {tuple(strides)}")
-    if target is not None and postprocess is not None:
-        a, b = target.coder, postprocess.coder
+    if target is not None and post_process is not None:
+        a, b = target.coder, post_process.coder
         if a.norm_on_bbox != b.norm_on_bbox or abs(a.dir_offset - b.dir_offset) > 1e-9:
-            raise ValueError(f"target and postprocess encode boxes differently: {a!r} vs {b!r}")
-        if target.num_classes != postprocess.num_classes or target.num_attrs != postprocess.num_attrs:
-            raise ValueError("target and postprocess disagree on num_classes / num_attrs")
+            raise ValueError(f"target and post_process encode boxes differently: {a!r} vs {b!r}")
+        if target.num_classes != post_process.num_classes or target.num_attrs != post_process.num_attrs:
+            raise ValueError("target and post_process disagree on num_classes / num_attrs")

@@ -1,7 +1,8 @@
 """FCOS3DPostProcess: head outputs -> camera-frame 3D detections per image.
 
-Runs on the host after the network (float torch, int8 simulation or onnxruntime
-outputs alike):
+The FCOS3D task's post-process in core's contract (:mod:`hat.postprocess`): it runs on
+the host after the network, the one path for float torch, int8 simulation and
+onnxruntime outputs alike (all the flat ``cls_0`` ... ``centerness_4`` maps export writes):
 
 1. per level, score every point and class by ``sigmoid(cls) * sigmoid(centerness)``
    and keep the ``nms_pre`` points with the best class score;
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from hat.postprocess import PostProcess
 from hat.registry import register_type
 from hat_fcos3d.model.coder import FCOS3DBBoxCoder
 from hat_fcos3d.model.head import REG_GROUPS, unflatten_outputs
@@ -52,7 +54,7 @@ def empty_detections(device: torch.device | str = "cpu") -> dict[str, torch.Tens
 
 
 @register_type("FCOS3DPostProcess")
-class FCOS3DPostProcess:
+class FCOS3DPostProcess(PostProcess):
     """Decode, threshold and NMS the head's outputs (see the module docstring).
 
     Args:
@@ -94,13 +96,17 @@ class FCOS3DPostProcess:
         self.coder = FCOS3DBBoxCoder(norm_on_bbox=norm_on_bbox, dir_offset=dir_offset)
 
     def __call__(self, outputs: Mapping[str, Any], batch: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """``post_process(outputs, batch)`` for ``int_infer``: reads the flat exported
-        outputs (``cls_0``, ...; or ``outputs["raw"]``) and ``batch["intrinsic"]``, and adds
-        ``"detections_cam"``."""
+        """``post_process(outputs, batch)``: reads the flat raw outputs (``cls_0``, ...) and
+        ``batch["intrinsic"]``, and adds ``"detections_cam"`` (one dict per image)."""
         if batch is None or "intrinsic" not in batch:
             raise KeyError("FCOS3DPostProcess needs batch['intrinsic'] (B, 3, 3) to decode boxes")
-        raw = outputs["raw"] if "raw" in outputs else unflatten_outputs(outputs)
-        return {**outputs, "detections_cam": self.decode(raw, batch["intrinsic"])}
+        return {**outputs, "detections_cam": self.decode(outputs, batch["intrinsic"])}
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """The model's head strides and its target's box coding must be this decoder's."""
+        from hat_fcos3d.model.fcos3d import check_consistent
+
+        check_consistent(getattr(model, "head", None), getattr(model, "target", None), self)
 
     @torch.no_grad()
     def decode(

@@ -1,8 +1,9 @@
 """Heatmaps -> keypoint coordinates in input pixels, with sub-pixel refinement.
 
 Decoding is post-processing: it is not part of the exported network (the device returns
-raw heatmaps, the host decodes them), so it is a plain function of tensors that serves
-the torch model, the quantized simulation and the ONNX outputs of ``int_infer`` alike.
+raw heatmaps, the host decodes them), so it is a plain function of tensors;
+:class:`KeypointPostProcess` applies it for the torch model, the quantized simulation
+and the ONNX outputs of ``int_infer`` alike.
 
 Coordinate convention (shared with the data side's ``GenerateHeatmapTarget``): heatmap
 cell ``(i, j)`` covers input pixels ``[j * scale, (j + 1) * scale)`` horizontally (rows
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hat.postprocess import PostProcess
 from hat.registry import register_type
 
 DecodeMode = Literal["averaged", "max"]
@@ -111,12 +113,15 @@ class HeatmapDecoder:
 
 
 @register_type("KeypointPostProcess")
-class KeypointPostProcess:
-    """``post_process(outputs, batch)`` for ``int_infer`` and inference: decodes
-    ``outputs[heatmap_key]`` and adds ``pred_keypoints`` ``(B, K, 2)`` and ``pred_scores``
-    ``(B, K)``, the keys the metrics read. The torch model does the same internally."""
+class KeypointPostProcess(PostProcess):
+    """The keypoint task's ``post_process(outputs, batch)`` (core's contract,
+    :mod:`hat.postprocess`): decodes ``outputs[heatmap_key]`` and adds ``pred_keypoints``
+    ``(B, K, 2)`` and ``pred_scores`` ``(B, K)``, the keys the metrics and the inferer
+    read. The one decoding path for the float, fake-quant and int8 ONNX heatmaps."""
 
-    def __init__(self, scale: int = 4, mode: DecodeMode = "averaged", kernel: int = 5, heatmap_key: str = "heatmap"):
+    def __init__(
+        self, scale: int = 4, mode: DecodeMode = "averaged", kernel: int = 5, heatmap_key: str = "heatmap"
+    ) -> None:
         self.decoder = HeatmapDecoder(scale, mode, kernel)
         self.heatmap_key = heatmap_key
 
@@ -125,3 +130,6 @@ class KeypointPostProcess:
             raise KeyError(f"no {self.heatmap_key!r} in the model outputs (keys: {sorted(outputs)})")
         keypoints, scores = self.decoder(outputs[self.heatmap_key])
         return {**outputs, "pred_keypoints": keypoints, "pred_scores": scores}
+
+    def __repr__(self) -> str:
+        return f"KeypointPostProcess({self.decoder!r}, heatmap_key={self.heatmap_key!r})"

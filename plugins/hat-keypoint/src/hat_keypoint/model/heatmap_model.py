@@ -1,20 +1,22 @@
-"""HeatmapKeypointModel: image -> keypoint heatmaps (+ loss in training, + keypoints in eval).
+"""HeatmapKeypointModel: image -> keypoint heatmaps (+ the loss in training).
 
 The network is ``QuantStub -> backbone -> decode_head -> DeQuantStub``: everything
 between the stubs is int8 on the device (with a ReLU EfficientNet and the
 DeconvDecoder, nothing is left float), and the heatmaps leave the network as float.
-The loss and the heatmap decoding are not part of the network: they hold no
-parameters, run on the host, and are kept out of the module tree (see
-:meth:`HeatmapKeypointModel.__init__`), so that
+It follows core's task-model contract (:mod:`hat.postprocess`): in training it returns
+the loss, in eval exactly what export writes, ``{"heatmap": ...}``. Decoding heatmaps
+into keypoints is the config's ``post_process`` (:class:`KeypointPostProcess`), the one
+path for the torch and ONNX models alike. The loss holds no parameters, runs on the
+host, and is kept out of the module tree (see :meth:`HeatmapKeypointModel.__init__`), so that
 
-* the quantizer never sees them (no "left float" entries for a loss);
+* the quantizer never sees it (no "left float" entries for a loss);
 * the state_dict is the network's alone, identical with ``deploy`` on or off, so a
   training checkpoint loads into the deploy (export) model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,21 +28,18 @@ from hat.registry import register_type
 
 @register_type("HeatmapKeypointModel")
 class HeatmapKeypointModel(nn.Module):
-    """Backbone + heatmap head, with an optional loss and decoder around it.
+    """Backbone + heatmap head, with an optional loss around it.
 
     Args:
         backbone: returns a list of feature maps (e.g. ``efficientnet``).
         decode_head: takes that list and returns ``(B, K, h, w)`` heatmaps (``DeconvDecoder``).
-        loss: ``loss(pred, target, weight)`` (``HeatmapMSELoss``); used when the batch
-            carries ``heatmap`` targets (training data), reported under ``"loss"``.
-        post_process: ``decoder(heatmap) -> (keypoints, scores)`` (``HeatmapDecoder``);
-            applied in eval mode only (training needs no coordinates).
-        deploy: the exported form: ``forward`` returns only ``{"heatmap": ...}``, with no
-            loss and no decoding (both stay on the host).
+        loss: ``loss(pred, target, weight)`` (``HeatmapMSELoss``); training needs it.
+        deploy: the exported form: no loss is kept, and ``forward`` returns the heatmaps
+            in every mode.
 
-    ``forward(batch)`` reads ``batch["img"]`` ``(B, 3, H, W)`` (and, for the loss,
-    ``batch["heatmap"]`` and ``batch["heatmap_weight"]``) and returns a dict with
-    ``"heatmap"``, plus ``"loss"`` and ``"pred_keypoints"``/``"pred_scores"`` as above.
+    ``forward(batch)`` reads ``batch["img"]`` ``(B, 3, H, W)``. Training (``batch`` with
+    ``heatmap`` and optionally ``heatmap_weight`` and ``keypoints``) returns
+    ``{"loss": ...}``; eval, deploy or a bare tensor input returns ``{"heatmap": ...}``.
     """
 
     def __init__(
@@ -48,7 +47,6 @@ class HeatmapKeypointModel(nn.Module):
         backbone: nn.Module,
         decode_head: nn.Module,
         loss: nn.Module | None = None,
-        post_process: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         deploy: bool = False,
     ) -> None:
         super().__init__()
@@ -59,25 +57,25 @@ class HeatmapKeypointModel(nn.Module):
         self.deploy = deploy
         if loss is not None and any(True for _ in loss.parameters()):
             raise ValueError("the loss must not have parameters: it is kept outside the network's state")
-        # Plain attributes, not submodules (object.__setattr__ skips nn.Module's registration).
+        # A plain attribute, not a submodule (object.__setattr__ skips nn.Module's registration).
         object.__setattr__(self, "loss", None if deploy else loss)
-        object.__setattr__(self, "post_process", None if deploy else post_process)
 
     def forward(self, batch: Mapping[str, Any] | torch.Tensor) -> dict[str, torch.Tensor]:
         img = batch if isinstance(batch, torch.Tensor) else batch["img"]
         heatmap = self.dequant(self.decode_head(self.backbone(self.quant(img))))
-        outputs = {"heatmap": heatmap}
-        if self.deploy or isinstance(batch, torch.Tensor):
-            return outputs
-        if self.loss is not None and "heatmap" in batch:
-            outputs["loss"] = self.loss(
-                heatmap, batch["heatmap"], batch.get("heatmap_weight"), keypoints=batch.get("keypoints")
-            )
-        if self.post_process is not None and not self.training:
-            keypoints, scores = self.post_process(heatmap)
-            outputs["pred_keypoints"] = keypoints
-            outputs["pred_scores"] = scores
-        return outputs
+        if self.deploy or isinstance(batch, torch.Tensor) or not self.training:
+            return {"heatmap": heatmap}
+        return self.losses(heatmap, batch)
+
+    def losses(self, heatmap: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"loss": ...}`` of a training batch against its heatmap targets."""
+        if self.loss is None:
+            raise RuntimeError("training HeatmapKeypointModel needs a loss")
+        if "heatmap" not in batch:
+            raise KeyError("a training batch needs 'heatmap' targets (GenerateHeatmapTarget in the transforms)")
+        return {
+            "loss": self.loss(heatmap, batch["heatmap"], batch.get("heatmap_weight"), keypoints=batch.get("keypoints"))
+        }
 
     def extra_repr(self) -> str:
-        return f"deploy={self.deploy}, loss={self.loss!r}, post_process={self.post_process!r}"
+        return f"deploy={self.deploy}, loss={self.loss!r}"
