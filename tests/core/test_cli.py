@@ -83,6 +83,7 @@ def test_list_shows_the_toy_plugin(toy_host, capsys) -> None:
         "dataset": "toyset",
         "default_config": "toy-tiny",
         "summary": "a test task",
+        "infer_options": None,  # its config has no infer section
         "plugin": "hat-toy-tests",
     } in listing["tasks"]
     toyset = next(d for d in listing["datasets"] if d["name"] == "toyset")

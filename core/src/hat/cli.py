@@ -64,6 +64,7 @@ def list_command(
 ) -> None:
     """Plugins, tasks, datasets, configs and backends that are installed."""
     from hat.extra_options import describe_options
+    from hat.infer import describe_infer_options
     from hat.plugins import get_host
     from hat.quant.target import DEFAULT_TARGET, TARGETS
 
@@ -80,6 +81,7 @@ def list_command(
                 "dataset": t.dataset,
                 "default_config": t.default_config,
                 "summary": t.summary,
+                "infer_options": describe_infer_options(t.name, host),
                 "plugin": host.tasks.owners[t.name],
             }
             for t in host.tasks.items.values()
@@ -112,7 +114,7 @@ def list_command(
         console.out.print_json(json.dumps(listing))
         return
     _table("Plugins", ["name", "distribution", "version"], listing["plugins"])
-    _table("Tasks", ["name", "dataset", "default_config", "plugin", "summary"], listing["tasks"])
+    _table("Tasks", ["name", "dataset", "default_config", "plugin", "infer_options", "summary"], listing["tasks"])
     _table(
         "Datasets",
         ["name", "pack", "synth", "pack_options", "synth_options", "plugin"],
@@ -456,25 +458,24 @@ def validate_command(
 # -- hat infer / demo -----------------------------------------------------------------------
 
 
-@app.command("infer")
+@app.command("infer", context_settings=_EXTRA_ARGS)
 def infer_command(
+    ctx: typer.Context,
     task: TaskArg,
     inputs: Annotated[list[Path], typer.Option("--input", help="An input file (repeatable).")],
     save_path: Annotated[Path, typer.Option("--save-path", help="Directory for the drawn results.")],
     model: Annotated[str, typer.Option("--model", help="int8 (export/model.onnx) or float.")] = "int8",
-    calib: Annotated[
-        Optional[Path],
-        typer.Option("--calib", help="Camera calibration JSON, for tasks whose model needs the intrinsics (fcos3d)."),
-    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     work_dir: WorkDirOption = None,
 ) -> None:
-    """Run the exported model on files and draw what it found."""
-    from hat.infer import run_infer
+    """Run the exported model on files and draw what it found (task options, e.g. fcos3d's --calib: see `hat list`)."""
+    from hat.infer import build_inferer, parse_infer_options, run_infer
 
-    options = {"calib": calib} if calib is not None else {}
-    written = run_infer(_stage_config(task, config, overrides, work_dir), inputs, save_path, model=model, **options)
+    stage_cfg = _stage_config(task, config, overrides, work_dir)
+    inferer = build_inferer(stage_cfg)
+    options = parse_infer_options(ctx.args, inferer, task)
+    written = run_infer(stage_cfg, inputs, save_path, model=model, inferer=inferer, **options)
     for path in written:
         console.out.print(str(path))
 

@@ -1,17 +1,22 @@
 """Dataset-specific command-line options, taken from a packer's or generator's signature.
 
-`hat pack nuscenes --version v1.0-mini` and `hat synth carfusion --num-sequences 4`
-share one CLI command each, yet every dataset has its own options. Rather than a
-second option system, a packer's ``__init__`` (or a generator function) declares its
-options as keyword-only parameters with defaults and type annotations; this module
-turns the remaining ``--name value`` arguments into those keyword arguments, with one
-clear error for anything it does not accept.
+`hat pack nuscenes --version v1.0-mini`, `hat synth carfusion --num-sequences 4` and
+`hat infer fcos3d --calib FILE` share one CLI command each, yet every dataset or task
+has its own options. Rather than a second option system, a packer's ``__init__`` (a
+generator function, an inferer's ``__call__``) declares its options as keyword-only
+parameters with defaults and type annotations; this module turns the remaining
+``--name value`` arguments into those keyword arguments, with one clear error for
+anything it does not accept. An option whose default is ``None`` (``calib: Path |
+None = None``) is one the task may require or do without; its value is converted to
+the non-None type.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,8 @@ _CONVERTERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str
 
 
 def declared_options(target: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """Keyword-only parameters with defaults of ``target`` (a class means its ``__init__``).
+    """Keyword-only parameters with defaults of ``target`` (a class means its ``__init__``,
+    a callable object its ``__call__``).
 
     Required keyword-only parameters (a generator's ``seed``) are the CLI's own options.
     """
@@ -35,8 +41,27 @@ def describe_options(target: Callable[..., Any]) -> str:
     parts = []
     for name, param in declared_options(target).items():
         flag = "--" + name.replace("_", "-")
-        parts.append(flag if param.annotation is bool else f"{flag} {param.default}")
+        if param.annotation is bool:
+            parts.append(flag)
+        elif param.default is None:
+            parts.append(f"{flag} {_metavar(param.annotation)}")
+        else:
+            parts.append(f"{flag} {param.default}")
     return ", ".join(parts) or "none"
+
+
+def _metavar(annotation: Any) -> str:
+    """``PATH`` for ``Path | None``: what to write for an option without a default value."""
+    return str(getattr(value_type(annotation), "__name__", "value")).upper()
+
+
+def value_type(annotation: Any) -> Any:
+    """``Path | None`` (or ``Optional[Path]``) -> ``Path``; any other annotation as it is."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
 
 
 def parse_extra_options(args: Sequence[str], target: Callable[..., Any], what: str) -> dict[str, Any]:
@@ -71,11 +96,13 @@ def parse_extra_options(args: Sequence[str], target: Callable[..., Any], what: s
             raw = args[i + 1]
             i += 2
         else:
-            raise UserError(f"{flag} needs a value", hint=f"e.g. {flag} {param.default}")
-        convert = _CONVERTERS.get(param.annotation, str)
+            example = param.default if param.default is not None else _metavar(param.annotation)
+            raise UserError(f"{flag} needs a value", hint=f"e.g. {flag} {example}")
+        kind_type = value_type(param.annotation)
+        convert = _CONVERTERS.get(kind_type, str)
         try:
             parsed[name] = convert(raw)
         except ValueError:
-            kind = getattr(param.annotation, "__name__", str(param.annotation))
+            kind = getattr(kind_type, "__name__", str(kind_type))
             raise UserError(f"{flag} expects {kind}, got {raw!r}") from None
     return parsed

@@ -2,26 +2,63 @@
 
 The model is the exported int8 ONNX (or, with ``--model float``, model.float.onnx) run by
 onnxruntime, as it would run on the device. What to read, how to pre-process, decode
-and draw is the task's: its config's ``infer`` section builds a registered *inferer*,
-``inferer(paths, model, save_path) -> written files``, where ``model(batch)`` maps a
-dict of input tensors to a dict of output tensors. Options such as ``--calib`` (the
-camera intrinsics a 3D detector needs) reach the inferer as keyword arguments; an
-inferer that takes none refuses them with a clear message.
+and draw is the task's: its config's ``infer`` section builds a registered *inferer*
+(usually a :class:`hat.inferer.ImageInferer`), ``inferer(paths, model, save_path) ->
+written files``, where ``model(batch)`` maps a dict of input tensors to a dict of output
+tensors. The CLI has no task options of its own: a task's (``hat infer fcos3d --calib
+FILE``, the camera intrinsics a 3D detector needs) are the keyword-only parameters
+with defaults of its inferer's ``__call__``, parsed by :mod:`hat.extra_options` as
+``hat pack`` parses a packer's, and refused with the task's list when unknown.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hat import workdir
 from hat.errors import ConfigError, UserError
+from hat.extra_options import declared_options, describe_options, parse_extra_options
 from hat.plugins import PluginHost, get_host
 from hat.stages import StageConfig
 
 MODELS = {"int8": workdir.EXPORTED_MODEL, "float": workdir.FLOAT_MODEL}
+
+
+def build_inferer(stage_cfg: StageConfig, host: PluginHost | None = None) -> Callable[..., Sequence[Path]]:
+    """The config's ``infer`` section, built (its ``__call__`` declares the task's options)."""
+    host = host or get_host()
+    cfg = stage_cfg.config
+    if "infer" not in cfg:
+        raise ConfigError(f"config {cfg.name} has no infer section", where=str(cfg.path))
+    return host.registry.build(cfg["infer"], path="infer", locate=cfg.locate)
+
+
+def describe_infer_options(task: str, host: PluginHost | None = None) -> str | None:
+    """``--calib PATH`` (or ``none``): the options of the task's inferer, for `hat list`.
+
+    Read from the ``infer`` type of the task's default config without building it;
+    None when the config has no ``infer`` section or cannot be loaded.
+    """
+    from hat.task_config import load_task_config
+
+    host = host or get_host()
+    try:
+        cfg = load_task_config(task, (), host=host, defaults={"work_dir": ".", "task": task})
+        section = cfg.get("infer")
+        if not isinstance(section, dict) or not isinstance(section.get("type"), str):
+            return None
+        inferer_type = host.registry.get(section["type"])
+    except UserError:
+        return None
+    # A class's options are its __call__'s (describe_options would read a class's __init__).
+    return describe_options(inferer_type.__call__ if isinstance(inferer_type, type) else inferer_type)
+
+
+def parse_infer_options(args: Sequence[str], inferer: Callable[..., Any], task: str) -> dict[str, Any]:
+    """``hat infer TASK``'s remaining ``--name value`` arguments as the inferer's keyword arguments."""
+    return parse_extra_options(args, inferer, f"`hat infer {task}`")
 
 
 def run_infer(
@@ -31,14 +68,27 @@ def run_infer(
     *,
     model: str = "int8",
     host: PluginHost | None = None,
+    inferer: Callable[..., Sequence[Path]] | None = None,
     **options: Any,
 ) -> list[Path]:
-    from hat.engine.onnx_predictor import OnnxModel
+    """Run the task's inferer (``inferer``, or the config's) on ``inputs`` with the exported model.
 
-    host = host or get_host()
-    cfg = stage_cfg.config
-    if "infer" not in cfg:
-        raise ConfigError(f"config {cfg.name} has no infer section", where=str(cfg.path))
+    ``options`` are the task's options (see the module docstring); one the inferer does
+    not declare, or a path option naming no file, is a :class:`UserError`.
+    """
+    from hat.engine.onnx_predictor import OnnxModel
+    from hat.inferer import ImageFileError
+
+    inferer = inferer if inferer is not None else build_inferer(stage_cfg, host)
+    declared = declared_options(inferer)
+    for name, value in options.items():
+        if name not in declared:
+            raise UserError(
+                f"`hat infer {stage_cfg.task}` has no option --{name.replace('_', '-')}",
+                hint=f"its options: {describe_options(inferer)}",
+            )
+        if isinstance(value, Path) and not value.is_file():
+            raise UserError(f"--{name.replace('_', '-')} file not found: {value}")
     if model not in MODELS:
         raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     missing = [str(p) for p in inputs if not Path(p).is_file()]
@@ -47,13 +97,9 @@ def run_infer(
     path = workdir.export_dir(stage_cfg.work_dir) / MODELS[model]
     if not path.is_file():
         raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
-    inferer = host.registry.build(cfg["infer"], path="infer", locate=cfg.locate)
-    accepted = inspect.signature(inferer).parameters
-    for name, value in options.items():
-        if name not in accepted:
-            raise UserError(f"`hat infer {stage_cfg.task}` takes no --{name}", hint="leave it out for this task")
-        if isinstance(value, Path) and not value.is_file():
-            raise UserError(f"--{name} file not found: {value}")
     save_path = Path(save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
+    try:
+        save_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageFileError(f"cannot create --save-path {save_path}: {exc.strerror or exc}") from exc
     return list(inferer([Path(p) for p in inputs], OnnxModel(path), save_path, **options))
