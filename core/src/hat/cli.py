@@ -493,7 +493,7 @@ def demo_command(
     from hat.demo import render_report, run_demo
     from hat.errors import UserError
     from hat.plugins import get_host
-    from hat.workdir import demo_work_dir
+    from hat.workdir import DEMO_REPORT, demo_work_dir
 
     host = get_host()
     if task is None:
@@ -506,7 +506,7 @@ def demo_command(
     chosen = work_dir or demo_work_dir(task)
     report = run_demo(task, chosen, seed=seed, overrides=overrides or (), host=host)
     console.out.print(render_report(report))
-    console.out.print(f"report: {chosen / 'demo_report.json'}")
+    console.out.print(f"report: {chosen / DEMO_REPORT}")
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from hat import console
+from hat import console, workdir
 from hat.hookspecs import DemoRecipe
 from hat.plugins import PluginHost, get_host
 
@@ -48,7 +48,7 @@ def run_demo(
 
         raise UserError(f"task {task!r} has no demo", hint="see `hat list` for tasks with a demo")
     start = time.perf_counter()
-    raw, data = work_dir / "raw", work_dir / "data"
+    raw, data = work_dir / workdir.DEMO_RAW_DIR, work_dir / workdir.DEMO_DATA_DIR
     settings = [f"{recipe.data_root_key}={data}", *recipe.overrides]
     if recipe.raw_root_key is not None:
         settings.append(f"{recipe.raw_root_key}={raw}")
@@ -98,7 +98,7 @@ def run_demo(
                     for p in run_infer(
                         stage_cfg,
                         recipe.infer_inputs(raw),
-                        work_dir / "infer",
+                        work_dir / workdir.DEMO_INFER_DIR,
                         host=host,
                         **(recipe.infer_options(raw) if recipe.infer_options else {}),
                     )
@@ -130,7 +130,7 @@ def run_demo(
         "wall_s": round(time.perf_counter() - start, 1),
         "step_s": step_seconds,
     }
-    (work_dir / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (work_dir / workdir.DEMO_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -18,6 +18,7 @@ Layout of ``hat-work/<config name>/``::
     export/check.opt<N>.onnx  export/check.json
     compile/model.opt<N>.onnx  compile/perf.json  compile/perf.html
     validate.json
+    raw/  data/  infer/  demo_report.json   (hat demo)
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ PERF_JSON = "perf.json"
 PERF_HTML = "perf.html"
 #: At the work directory's top: what `hat validate` recorded.
 VALIDATE_INFO = "validate.json"
+#: What `hat demo` adds: synthetic raw data, the packed data, inference output, its report.
+DEMO_RAW_DIR = "raw"
+DEMO_DATA_DIR = "data"
+DEMO_INFER_DIR = "infer"
+DEMO_REPORT = "demo_report.json"
 
 _CHECKPOINT_NAME = re.compile(
     r"^(" + "|".join(CHECKPOINT_STAGES) + r")-checkpoint-[\w.-]+" + re.escape(CHECKPOINT_SUFFIX) + "$"
