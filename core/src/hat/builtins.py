@@ -48,9 +48,9 @@ def hat_register(registry) -> None:
 
 @hookimpl
 def hat_quant_backends():
-    from hat.quant.backend import TorchNativeBackend
+    from hat.quant.backend import builtin_backends
 
-    return {TorchNativeBackend.name: TorchNativeBackend}
+    return builtin_backends()
 
 
 @hookimpl
