@@ -18,7 +18,7 @@ import torch
 
 from hat.engine.checkpoint_io import FORMAT, FORMAT_VERSION, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from hat.errors import UserError
-from tests.engine.conftest import REPO
+from tests.engine.subprocess_toy import REPO
 
 # -- atomicity --------------------------------------------------------------------------------
 

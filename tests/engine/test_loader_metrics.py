@@ -14,7 +14,7 @@ from hat.engine.loader import EpochSampler, build_loader, set_loader_epoch
 from hat.errors import ConfigError
 from hat.metrics import Metric
 from hat.plugins import PluginHost
-from tests.engine.test_stages_cli import hat
+from hat.testing import run_cli
 
 # -- EpochSampler ------------------------------------------------------------------------------
 
@@ -259,8 +259,7 @@ def _validations(work: Path) -> list[dict]:
 
 def _train_toy(capsys, work: Path, checkpoint: str, *settings: str) -> None:
     extra = [arg for setting in settings for arg in ("--set", setting)]
-    code, _, err = hat(
-        capsys,
+    code, _, err = run_cli(
         "train",
         "toy",
         "--stage",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hat.engine.checkpoint_io import load_checkpoint
-from tests.engine.conftest import REPO, run_toy
+from tests.engine.subprocess_toy import REPO, run_toy
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

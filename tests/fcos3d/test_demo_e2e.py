@@ -12,7 +12,7 @@ import pytest
 
 from hat.demo import run_demo
 from hat.plugins import PluginHost, set_host
-from tests.engine.test_stages_cli import hat
+from hat.testing import run_cli
 
 pytestmark = pytest.mark.needs_nuscenes
 
@@ -71,18 +71,18 @@ def test_infer_needs_a_calibration_file_and_reads_it(demo, capsys, tmp_path: Pat
     base = ["infer", "fcos3d", "--config", "fcos3d_efficientnetb0_nuscenes-tiny", "--work-dir", str(work)]
     base += ["--input", str(image), "--save-path", str(tmp_path / "out")]
 
-    code, _, err = hat(capsys, *base)
+    code, _, err = run_cli(*base)
     assert code == 2 and "intrinsics" in err and "--calib" in err
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"camera_intrinsic": [[1, 0], [0, 1]]}))
-    code, _, err = hat(capsys, *base, "--calib", str(bad))
+    code, _, err = run_cli(*base, "--calib", str(bad))
     assert code == 2 and "no usable 3x3 camera matrix" in err
 
-    code, _, err = hat(capsys, *base, "--calib", str(tmp_path / "missing.json"))
+    code, _, err = run_cli(*base, "--calib", str(tmp_path / "missing.json"))
     assert code == 2 and "not found" in err
 
-    code, out, err = hat(capsys, *base, "--calib", str(calib))
+    code, out, err = run_cli(*base, "--calib", str(calib))
     assert code == 0, err
     drawn = tmp_path / "out" / f"{image.stem}_boxes3d.png"
     assert str(drawn) in out and cv2.imread(str(drawn)) is not None

@@ -482,7 +482,9 @@ def infer_command(
 
 @app.command("demo")
 def demo_command(
-    task: Annotated[Optional[str], typer.Argument(help="The task (default: keypoint).")] = None,
+    task: Annotated[
+        Optional[str], typer.Argument(help="The task (default: the installed task with the quickest demo).")
+    ] = None,
     work_dir: Annotated[
         Optional[Path], typer.Option("--work-dir", help="Where everything goes (default ./hat-work/demo-<task>).")
     ] = None,
@@ -491,22 +493,30 @@ def demo_command(
 ) -> None:
     """The whole chain on synthetic data: synth, pack, train every stage, export, compile, predict, infer."""
     from hat.demo import render_report, run_demo
-    from hat.errors import UserError
     from hat.plugins import get_host
     from hat.workdir import DEMO_REPORT, demo_work_dir
 
     host = get_host()
     if task is None:
-        with_demo = [name for name, spec in host.tasks.items.items() if spec.demo is not None]
-        if not with_demo:
-            raise UserError(
-                "no installed task has a demo", hint="install a task plugin, e.g. `pip install hat-keypoint`"
-            )
-        task = "keypoint" if "keypoint" in with_demo else with_demo[0]
+        task = _quickest_demo(host)
     chosen = work_dir or demo_work_dir(task)
     report = run_demo(task, chosen, seed=seed, overrides=overrides or (), host=host)
     console.out.print(render_report(report))
     console.out.print(f"report: {chosen / DEMO_REPORT}")
+
+
+def _quickest_demo(host) -> str:
+    """The installed task whose demo is quickest (by its recipe's expected time), said aloud."""
+    from hat.errors import UserError
+
+    with_demo = {name: spec.demo for name, spec in host.tasks.items.items() if spec.demo is not None}
+    if not with_demo:
+        raise UserError("no installed task has a demo", hint="install a task plugin, e.g. `pip install hat-keypoint`")
+    chosen = min(sorted(with_demo), key=lambda n: with_demo[n].expected_seconds or float("inf"))
+    if len(with_demo) > 1:
+        others = ", ".join(n for n in sorted(with_demo) if n != chosen)
+        console.info(f"hat demo: running {chosen}, the quickest installed demo (also: {others}; `hat demo TASK`)")
+    return chosen
 
 
 # -- entry point ----------------------------------------------------------------------------

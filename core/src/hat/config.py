@@ -69,6 +69,10 @@ class Config:
     name: str
     path: Path | None = None
     locations: dict[str, str] = field(default_factory=dict)
+    #: The merged config with overrides applied, before ``${...}`` interpolation and
+    #: without ``defaults``: what a work dir stores, so that a later ``--set`` still
+    #: reaches every place a value is referred to.
+    raw: dict[str, Any] = field(default_factory=dict)
 
     def locate(self, key_path: str) -> str | None:
         """``file:line`` that set ``key_path`` (or its nearest parent that is known)."""
@@ -109,12 +113,17 @@ def load_config(
     """
     path = Path(path)
     data, locations = _load_with_bases(path, named or {}, chain=())
+    defaulted = [key for key in (defaults or {}) if key not in data]
     for key, value in (defaults or {}).items():
         data.setdefault(key, value)
     for item in overrides:
         _apply_override(data, locations, item)
+    raw = copy.deepcopy(data)
+    for key in defaulted:
+        if raw.get(key) == (defaults or {})[key]:
+            del raw[key]
     data = _interpolate(data, locations)
-    return Config(data=data, name=name or path.stem, path=path, locations=locations)
+    return Config(data=data, name=name or path.stem, path=path, locations=locations, raw=raw)
 
 
 # -- parsing ------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class DemoRecipe:
     ``infer_options(raw_dir)``: the keyword options that `hat infer` needs with them (e.g.
     ``{"calib": path}``). ``raw_root_key``: a config key set to the raw dataset directory,
     for metrics that evaluate against the raw dataset itself (the nuScenes devkit).
+    ``expected_seconds``: about how long the demo takes on a 2-core CPU; `hat demo` with
+    no task runs the quickest installed one (a demo without it counts as the slowest).
     """
 
     config: str
@@ -49,6 +51,7 @@ class DemoRecipe:
     infer_inputs: Callable[[Path], list[Path]] | None = None
     infer_options: Callable[[Path], dict[str, Any]] | None = None
     raw_root_key: str | None = None
+    expected_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hat import distributed
-from hat.config import Config
+from hat import console, distributed, workdir_config
+from hat.config import Config, load_config
 from hat.engine.context import RunContext
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
@@ -56,14 +56,32 @@ def load_stage_config(
     _, name = resolve_config_ref(ref, host)
     chosen = Path(work_dir) if work_dir is not None else default_work_dir(name)
     extra = [f"work_dir={chosen}"] if work_dir is not None else []
-    cfg = load_task_config(
-        ref,
-        [*extra, *overrides],
-        host=host,
-        defaults={"work_dir": str(chosen), "task": task},
-    )
+    defaults = {"work_dir": str(chosen), "task": task}
+    remembered = workdir_config.recall(chosen)
+    if remembered is not None and remembered.task != task:
+        raise UserError(
+            f"work dir {chosen} was made by task {remembered.task!r}, not {task!r}",
+            where=str(remembered.path),
+            hint=f"run `hat ... {remembered.task}` on it, or choose another --work-dir",
+        )
+    if remembered is not None and config_ref is None:
+        cfg = workdir_config.drop_meta(
+            load_config(remembered.path, overrides=[*extra, *overrides], defaults=defaults, name=remembered.config)
+        )
+        console.info(f"using the config this work dir was made with: {remembered.config} ({remembered.path})")
+    else:
+        cfg = load_task_config(ref, [*extra, *overrides], host=host, defaults=defaults)
+        if remembered is not None:
+            stored = workdir_config.drop_meta(load_config(remembered.path, defaults=defaults))
+            workdir_config.check_same_model(cfg, stored, chosen, remembered)
     _check_target(cfg)
     return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
+
+
+def remember_config(stage_cfg: StageConfig, command: str) -> None:
+    """Store the config a stage command runs with in its work dir (rank 0 only)."""
+    if distributed.is_main():
+        workdir_config.remember(stage_cfg.work_dir, stage_cfg.task, stage_cfg.config, command)
 
 
 def _check_target(cfg: Config) -> None:
@@ -156,6 +174,7 @@ def train(stage_cfg: StageConfig, stage: str, *, resume: bool = False, host: Plu
     distributed.init_from_env()
     ctx = _context(stage_cfg, stage, key, host, resume)
     seed_everything(ctx.seed)
+    remember_config(stage_cfg, f"hat train {stage_cfg.task} --stage {stage}")
     runner = _build(stage_cfg, key, host)
     if not hasattr(runner, "fit"):
         raise ConfigError(
@@ -174,6 +193,7 @@ def predict(stage_cfg: StageConfig, stage: str, *, host: PluginHost | None = Non
     distributed.init_from_env()
     ctx = _context(stage_cfg, stage, key, host)
     seed_everything(ctx.seed)
+    remember_config(stage_cfg, f"hat predict {stage_cfg.task} --stage {stage}")
     runner = _build(stage_cfg, key, host)
     if not hasattr(runner, "run"):
         raise ConfigError(

@@ -67,6 +67,10 @@ class CliResult:
     out: str
     err: str
 
+    def __iter__(self) -> Iterator[int | str]:
+        """``code, out, err = run_cli(...)``."""
+        return iter((self.code, self.out, self.err))
+
 
 def run_cli(*args: str, quiet: bool = True) -> CliResult:
     """Run ``hat ARGS`` in this process (with the process-wide host) and capture its output.

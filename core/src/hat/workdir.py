@@ -9,6 +9,7 @@ apart. (Task YAML configs spell checkpoint paths themselves; they follow
 
 Layout of ``hat-work/<config name>/``::
 
+    config.yaml                       the config the stage commands ran with
     <stage>-checkpoint-best.pth.tar   best by the monitored metric
     <stage>-checkpoint-last.pth.tar   for --resume
     <stage>-checkpoint-epoch-<k>.pth.tar / -step-<k>   numbered copies (keep_n)
@@ -52,6 +53,8 @@ PERF_JSON = "perf.json"
 PERF_HTML = "perf.html"
 #: At the work directory's top: what `hat validate` recorded.
 VALIDATE_INFO = "validate.json"
+#: The config the work dir was made with (see :mod:`hat.workdir_config`).
+RUN_CONFIG = "config.yaml"
 #: What `hat demo` adds: synthetic raw data, the packed data, inference output, its report.
 DEMO_RAW_DIR = "raw"
 DEMO_DATA_DIR = "data"

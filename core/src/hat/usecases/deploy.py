@@ -23,7 +23,7 @@ from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.quant.target import DeployTarget, get_target, target_name_of
-from hat.stages import StageConfig, check_prerequisites, seed_everything
+from hat.stages import StageConfig, check_prerequisites, remember_config, seed_everything
 
 if TYPE_CHECKING:
     from hat.deploy.analysis import AnalysisResult
@@ -124,6 +124,7 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
     _check_trained_target(checkpoints, target.name, stage_cfg.task)
+    remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
     out = export_dir(stage_cfg)
     info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
     float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / workdir.FLOAT_MODEL, opset=opset)

@@ -1,3 +1,5 @@
+"""The toy task through the real CLI in a fresh process (a helper module, not a conftest)."""
+
 from __future__ import annotations
 
 import os
