@@ -118,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     from hat import console, distributed
     from hat.engine.context import RunContext
     from hat.plugins import PluginHost
-    from hat.stages import seed_everything
+    from hat.usecases.stages import seed_everything
 
     console.set_quiet(True)
     distributed.init_from_env()

@@ -58,7 +58,7 @@ def random_weight_export(
     from hat.quant.backend import TorchNativeBackend
     from hat.quant.modes import calibration_mode
     from hat.quant.target import CONFIG_KEY, get_target, target_name_of
-    from hat.stages import seed_everything
+    from hat.usecases.stages import seed_everything
 
     cfg = stage_cfg.config
     seed_everything(seed)
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.engine.deploy_model import deploy_inputs
     from hat.plugins import get_host
-    from hat.stages import load_stage_config
     from hat.usecases import deploy as commands
+    from hat.usecases.stages import load_stage_config
 
     hat_console.set_quiet(True)
     console = Console(width=None if sys.stdout.isatty() else 120)

@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from onnxruntime.quantization import quant_pre_process
 
     from hat import console as hat_console
-    from hat import stages
     from hat.deploy.analysis import analyze
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.engine.deploy_model import deploy_inputs
     from hat.plugins import get_host
     from hat.usecases import deploy as commands
+    from hat.usecases import stages
 
     hat_console.set_quiet(not args.verbose)
     hat_console.out.quiet = not args.verbose

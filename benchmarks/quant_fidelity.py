@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_demo_outputs(args.work_dir, args.task)
 
     from hat import console as hat_console
-    from hat import stages
     from hat.plugins import get_host
     from hat.usecases import deploy as commands
+    from hat.usecases import stages
 
     hat_console.set_quiet(not args.verbose)
     hat_console.out.quiet = not args.verbose  # the per-stage predict tables

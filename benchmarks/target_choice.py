@@ -102,13 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_demo_outputs(args.work_dir, args.task)
 
     from hat import console as hat_console
-    from hat import stages
     from hat.deploy.int8_kernels import probe_int8_kernels
     from hat.deploy.onnx_export import export_onnx
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.plugins import get_host
     from hat.quant.target import get_target
     from hat.usecases import deploy as commands
+    from hat.usecases import stages
 
     hat_console.set_quiet(True)
     hat_console.out.quiet = True

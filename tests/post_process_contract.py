@@ -21,7 +21,7 @@ from hat.engine.onnx_predictor import OnnxPredictor
 from hat.engine.predictor import Predictor
 from hat.plugins import PluginHost
 from hat.postprocess import PostProcess
-from hat.stages import load_stage_config
+from hat.usecases.stages import load_stage_config
 
 RUNNERS = (
     "float_trainer",

@@ -71,10 +71,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # commands, the demo, inference on files.
     "use cases": (
         "hat.usecases",
-        "hat.task_config",
-        "hat.stages",
-        "hat.demo",
-        "hat.infer",
     ),
     # The command line and the test helpers plugins use (which drive the CLI).
     "cli": (

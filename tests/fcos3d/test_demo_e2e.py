@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hat.demo import run_demo
 from hat.plugins import PluginHost, set_host
 from hat.testing import run_cli
+from hat.usecases.demo import run_demo
 
 pytestmark = pytest.mark.needs_nuscenes
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from hat.extra_options import declared_options, parse_extra_options
-from hat.infer import describe_infer_options
 from hat.inferer import ImageInferer
 from hat.testing import host_fixture, run_cli
+from hat.usecases.infer import describe_infer_options
 from hat_fcos3d.infer import FCOS3DInferer
 from hat_fcos3d.model import FCOS3DPostProcess
 from tests.post_process_contract import check_post_process_contract

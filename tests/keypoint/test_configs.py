@@ -8,7 +8,7 @@ import yaml
 
 from hat.cli import main
 from hat.engine.deploy_model import build_deploy_model
-from hat.stages import load_stage_config
+from hat.usecases.stages import load_stage_config
 
 
 @pytest.mark.parametrize("name", ["keypoint_efficientnetb0_carfusion", "keypoint_efficientnetb0_carfusion-tiny"])

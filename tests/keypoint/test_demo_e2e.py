@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hat.demo import run_demo
+from hat.usecases.demo import run_demo
 
 SMALL = [
     "float_trainer.num_epochs=1",

@@ -64,9 +64,9 @@ def list_command(
 ) -> None:
     """Plugins, tasks, datasets, configs and backends that are installed."""
     from hat.extra_options import describe_options
-    from hat.infer import describe_infer_options
     from hat.plugins import get_host
     from hat.quant.target import DEFAULT_TARGET, TARGETS
+    from hat.usecases.infer import describe_infer_options
 
     host = get_host()
     datasets = sorted(set(host.packers.items) | set(host.synth.items))
@@ -152,7 +152,7 @@ def config_show(
 ) -> None:
     """Print the fully resolved config (bases merged, overrides applied, ${...} filled in)."""
     from hat.plugins import get_host
-    from hat.task_config import load_task_config, resolve_config_ref
+    from hat.usecases.task_config import load_task_config, resolve_config_ref
     from hat.workdir import default_work_dir
 
     host = get_host()
@@ -230,7 +230,7 @@ WorkDirOption = Annotated[
 
 
 def _stage_config(task: str, config: str | None, overrides: list[str] | None, work_dir: Path | None):
-    from hat.stages import load_stage_config
+    from hat.usecases.stages import load_stage_config
 
     return load_stage_config(task, config_ref=config, overrides=overrides or (), work_dir=work_dir)
 
@@ -245,7 +245,8 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <stage>-checkpoint-last.")] = False,
 ) -> None:
     """Train a stage: float, calibration or qat (DDP under torchrun: `torchrun -m hat train ...`)."""
-    from hat import distributed, stages
+    from hat import distributed
+    from hat.usecases import stages
 
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
@@ -268,7 +269,8 @@ def predict_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Evaluate a stage's model (int_infer: the exported ONNX in onnxruntime); writes predict/<stage>.json."""
-    from hat import distributed, stages
+    from hat import distributed
+    from hat.usecases import stages
 
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
@@ -470,7 +472,7 @@ def infer_command(
     work_dir: WorkDirOption = None,
 ) -> None:
     """Run the exported model on files and draw what it found (task options, e.g. fcos3d's --calib: see `hat list`)."""
-    from hat.infer import build_inferer, parse_infer_options, run_infer
+    from hat.usecases.infer import build_inferer, parse_infer_options, run_infer
 
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     inferer = build_inferer(stage_cfg)
@@ -492,8 +494,8 @@ def demo_command(
     overrides: SetOption = None,
 ) -> None:
     """The whole chain on synthetic data: synth, pack, train every stage, export, compile, predict, infer."""
-    from hat.demo import render_report, run_demo
     from hat.plugins import get_host
+    from hat.usecases.demo import render_report, run_demo
     from hat.workdir import DEMO_REPORT, demo_work_dir
 
     host = get_host()

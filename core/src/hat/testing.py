@@ -127,9 +127,9 @@ def check_plugin(
     """
     import torch
 
-    from hat.demo import run_demo
     from hat.errors import UserError
-    from hat.stages import load_stage_config
+    from hat.usecases.demo import run_demo
+    from hat.usecases.stages import load_stage_config
 
     result = Conformance()
     package = plugin_module.rsplit(".", 1)[0]

@@ -23,7 +23,7 @@ from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.quant.target import DeployTarget, get_target, target_name_of
-from hat.stages import StageConfig, check_prerequisites, remember_config, seed_everything
+from hat.usecases.stages import StageConfig, check_prerequisites, remember_config, seed_everything
 
 if TYPE_CHECKING:
     from hat.deploy.analysis import AnalysisResult

@@ -21,7 +21,7 @@ from hat import workdir
 from hat.errors import ConfigError, UserError
 from hat.extra_options import declared_options, describe_options, parse_extra_options
 from hat.plugins import PluginHost, get_host
-from hat.stages import StageConfig
+from hat.usecases.stages import StageConfig
 
 MODELS = {"int8": workdir.EXPORTED_MODEL, "float": workdir.FLOAT_MODEL}
 
@@ -41,7 +41,7 @@ def describe_infer_options(task: str, host: PluginHost | None = None) -> str | N
     Read from the ``infer`` type of the task's default config without building it;
     None when the config has no ``infer`` section or cannot be loaded.
     """
-    from hat.task_config import load_task_config
+    from hat.usecases.task_config import load_task_config
 
     host = host or get_host()
     try:

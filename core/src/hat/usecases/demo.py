@@ -36,9 +36,9 @@ def run_demo(
     ``overrides`` (``--set`` values) and ``synth_options`` go on top of the recipe's, for a
     longer run or a smaller one (the tests use a very small one).
     """
-    from hat import stages as stage_runner
     from hat.data.packer import run_pack
     from hat.usecases import deploy as commands
+    from hat.usecases import stages as stage_runner
 
     host = host or get_host()
     spec = host.task(task)
@@ -88,7 +88,7 @@ def run_demo(
         )
     pictures: list[str] = []
     if recipe.infer_inputs is not None and "infer" in stage_cfg.config:
-        from hat.infer import run_infer
+        from hat.usecases.infer import run_infer
 
         steps.append(
             (

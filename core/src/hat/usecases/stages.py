@@ -24,7 +24,7 @@ from hat.config import Config, load_config
 from hat.engine.context import RunContext
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
-from hat.task_config import load_task_config, resolve_config_ref
+from hat.usecases.task_config import load_task_config, resolve_config_ref
 from hat.workdir import command_that_makes, default_work_dir
 
 TRAIN_STAGES = ("float", "calibration", "qat")
