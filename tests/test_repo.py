@@ -51,3 +51,17 @@ def test_task_configs_inherit_the_stages_instead_of_repeating_them() -> None:
         assert not repeated, f"{path.relative_to(ROOT)} repeats {sorted(repeated)}: set top-level values instead"
         bases = data.get("_base_")
         assert bases, f"{path.relative_to(ROOT)} has no _base_ (hat_stages or a config built on it)"
+
+
+def test_no_test_module_imports_another_test_module_or_a_conftest() -> None:
+    """Shared helpers live in helper modules and hat.testing; fixtures come through conftests."""
+    import ast
+
+    offending = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                last = node.module.rsplit(".", 1)[-1]
+                if node.module.startswith("tests") and (last.startswith("test_") or last == "conftest"):
+                    offending.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
+    assert not offending, "\n".join(offending)

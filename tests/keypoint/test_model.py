@@ -28,7 +28,7 @@ from hat_keypoint.model import (
     heatmap_model,
     loss,
 )
-from tests.keypoint.test_roundtrip_metrics import random_keypoints, reference_targets
+from tests.keypoint.heatmap_reference import random_keypoints, reference_targets
 
 NUM = 12
 
