@@ -217,11 +217,6 @@ def test_an_unknown_backend_name_is_a_usage_error_listing_the_installed_ones(
     assert "unknown quantization backend 'nope'" in err and QUANT in err and "torch_native" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="int_infer (OnnxPredictor), hat validate and hat infer build hat.engine.onnx_predictor.OnnxModel "
-    "with core's OnnxRuntimeBackend; compile.backend reaches only hat compile and hat check",
-)
 def test_int_infer_and_validate_run_through_the_configs_compile_backend(
     thirdparty_host: PluginHost, tmp_path: Path
 ) -> None:

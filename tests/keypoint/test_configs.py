@@ -30,3 +30,19 @@ def test_config_show_keypoint(keypoint_host, capsys) -> None:
     assert shown["float_trainer"]["optimizer"] == {"type": "AdamW", "lr": 1e-3, "weight_decay": 5e-2}
     assert shown["calibration_trainer"]["num_steps"] == 100
     assert shown["qconfig_calibration"]["activation_calibration_qkwargs"] == {"percentile": 99.975}
+
+
+def test_one_top_level_value_sets_every_stages_backends(keypoint_host, tmp_path) -> None:
+    stage_cfg = load_stage_config(
+        "keypoint",
+        config_ref="keypoint_efficientnetb0_carfusion-tiny",
+        overrides=["quant_backend=vendor_q", "compile.backend=vendor_c"],
+        work_dir=tmp_path,
+        host=keypoint_host,
+    )
+    cfg = stage_cfg.config
+    pipelines = [key for key in cfg.data if key.endswith(("_trainer", "_predictor")) and key != "int_infer_predictor"]
+    assert len(pipelines) == 6
+    for key in pipelines:
+        assert cfg[key]["model_convert_pipeline"]["quant_backend"] == "vendor_q", key
+    assert cfg["compile"]["backend"] == "vendor_c"

@@ -55,9 +55,9 @@ def hat_quant_backends():
 
 @hookimpl
 def hat_compile_backends():
-    from hat.deploy.ort_backend import OnnxRuntimeBackend
+    from hat.deploy.compile_backend import builtin_compile_backends
 
-    return {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+    return builtin_compile_backends()
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """What a compilation backend provides, so runtimes other than onnxruntime can plug in.
 
-``hat compile``, ``hat check``, ``int_infer`` and ``validate`` only talk to a backend
-through these methods; a plugin registers a factory under ``hat_compile_backends`` and
-the config's ``compile: {backend: NAME}`` picks it.
+``hat compile``, ``hat check``, ``int_infer``, ``hat validate`` and ``hat infer`` only
+talk to a backend through these methods; a plugin registers a factory under
+``hat_compile_backends`` and the config's ``compile: {backend: NAME}`` picks it for all
+of them (``int_infer_predictor.backend`` may name another for int_infer alone).
 """
 
 from __future__ import annotations
@@ -49,3 +50,19 @@ class CompileBackend(Protocol):
     ) -> dict[str, float]:
         """Milliseconds per run spent in each op type."""
         ...
+
+
+DEFAULT_BACKEND = "onnxruntime"
+
+
+def builtin_compile_backends() -> dict[str, Any]:
+    """The compilation backends core ships, by name: what core's ``hat_compile_backends``
+    contributes, and the table a runner uses when its caller hands it none."""
+    from hat.deploy.ort_backend import OnnxRuntimeBackend
+
+    return {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+
+
+def compile_backend_name(config: dict[str, Any]) -> str:
+    """The backend a config's ``compile.backend`` names (onnxruntime by default)."""
+    return str((config.get("compile") or {}).get("backend") or DEFAULT_BACKEND)

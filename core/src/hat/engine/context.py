@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hat import workdir
+from hat.deploy.compile_backend import builtin_compile_backends
 from hat.quant.backend import BackendFactory, builtin_backends
 from hat.registry import Registry
 
@@ -36,6 +37,8 @@ class RunContext:
     config_name: str = ""
     #: installed quantization backends by name, for the runner's convert pipeline.
     quant_backends: Mapping[str, BackendFactory] = field(default_factory=builtin_backends)
+    #: installed compilation backends by name, for a runner that runs the exported model.
+    compile_backends: Mapping[str, Callable[[], Any]] = field(default_factory=builtin_compile_backends)
 
     def checkpoint_path(self, kind: str, stage: str | None = None) -> Path:
         """``<work-dir>/<stage>-checkpoint-<kind>.pth.tar``."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hat.deploy.compile_backend import compile_backend_name
 from hat.engine.context import RunContext
 from hat.engine.predictor import write_prediction
 from hat.engine.runner import LoopRunner, batch_size_of
@@ -86,8 +87,12 @@ class OnnxPredictor(LoopRunner):
         post_process: PostProcessFn | None = None,
         opt_level: int = 3,
         threads: int = 1,
+        backend: str | None = None,
     ) -> None:
+        """``backend``: the compilation backend that runs the model; by default the one the
+        config's ``compile.backend`` names, so int_infer measures what `hat compile` compiles."""
         super().__init__(torch.nn.Identity(), None, (), metrics, "cpu", post_process)
+        self.backend = backend
         self.model_path = Path(model_path)
         self.data_loader_cfg = data_loader
         self.inputs = inputs
@@ -101,8 +106,19 @@ class OnnxPredictor(LoopRunner):
                 f"no exported model at {self.model_path}",
                 hint=f"run `hat export {ctx.task}` first",
             )
+        name = self.backend or compile_backend_name(ctx.config)
+        if name not in ctx.compile_backends:
+            raise UserError(
+                f"unknown compilation backend {name!r} for int_infer",
+                hint=f"installed: {', '.join(sorted(ctx.compile_backends))}",
+            )
         return OnnxModel(
-            self.model_path, inputs=self.inputs, outputs=self.outputs, opt_level=self.opt_level, threads=self.threads
+            self.model_path,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            opt_level=self.opt_level,
+            threads=self.threads,
+            backend=ctx.compile_backends[name](),
         )
 
     def run(self, ctx: RunContext) -> dict[str, Any]:

@@ -321,7 +321,12 @@ def validate(
     if not isinstance(predictor, OnnxPredictor):
         raise ConfigError("int_infer_predictor must be an OnnxPredictor", where=cfg.locate("int_infer_predictor"))
     settings = _compile_settings(stage_cfg, opt=opt)
-    onnx_model = OnnxModel(model_path, inputs=predictor.inputs, opt_level=int(settings["opt"]))
+    onnx_model = OnnxModel(
+        model_path,
+        inputs=predictor.inputs,
+        opt_level=int(settings["opt"]),
+        backend=_backend(predictor.backend or settings["backend"], host),
+    )
     kernels = _announce_kernels(meta)
     fixed, _, _ = fixed_point_model(stage_cfg, meta["stage"], host)
     input_map = dict(predictor.inputs or {n: n for n in onnx_model.input_names})

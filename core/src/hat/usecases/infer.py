@@ -102,4 +102,16 @@ def run_infer(
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageFileError(f"cannot create --save-path {save_path}: {exc.strerror or exc}") from exc
-    return list(inferer([Path(p) for p in inputs], OnnxModel(path), save_path, **options))
+    backend = compile_backend(stage_cfg, host or get_host())
+    return list(inferer([Path(p) for p in inputs], OnnxModel(path, backend=backend), save_path, **options))
+
+
+def compile_backend(stage_cfg: StageConfig, host: PluginHost) -> Any:
+    """The compilation backend the config's ``compile.backend`` names, built."""
+    from hat.deploy.compile_backend import compile_backend_name
+
+    name = compile_backend_name(stage_cfg.config.data)
+    backends = host.compile_backends.items
+    if name not in backends:
+        raise ConfigError(f"unknown compilation backend {name!r}", hint=f"installed: {', '.join(sorted(backends))}")
+    return backends[name]()

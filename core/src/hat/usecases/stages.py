@@ -156,6 +156,7 @@ def _context(stage_cfg: StageConfig, stage: str, key: str, host: PluginHost, res
         path=key,
         config_name=cfg.name,
         quant_backends=host.quant_backends.items,
+        compile_backends=host.compile_backends.items,
     )
 
 
