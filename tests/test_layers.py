@@ -69,9 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # What a `hat` command does, as a library call: configs of a task, stages, deploy
     # commands, the demo, inference on files.
-    "use cases": (
-        "hat.usecases",
-    ),
+    "use cases": ("hat.usecases",),
     # The command line and the test helpers plugins use (which drive the CLI).
     "cli": (
         "hat.cli",
