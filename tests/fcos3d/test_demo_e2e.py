@@ -4,15 +4,12 @@ fcos3d` draws boxes with a calibration file (and says what is wrong without one)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 
-from hat.plugins import PluginHost, set_host
-from hat.testing import run_cli
-from hat.usecases.demo import run_demo
+from hat.testing import check_plugin, host_fixture, run_cli
 
 pytestmark = pytest.mark.needs_nuscenes
 
@@ -28,21 +25,22 @@ SMALL = [
 SYNTH = {"samples_per_scene": 2, "objects_per_sample": 10, "image_width": 320}
 
 
-@pytest.fixture(scope="module")
-def fcos3d_host() -> Iterator[PluginHost]:
-    import hat_fcos3d.plugin as plugin
-
-    host = PluginHost(entry_points=False, extra=[(plugin, "hat-fcos3d")])
-    previous = set_host(host)
-    yield host
-    set_host(previous)
+fcos3d_host = host_fixture("hat_fcos3d.plugin", "hat-fcos3d", scope="module")
 
 
 @pytest.fixture(scope="module")
 def demo(fcos3d_host, tmp_path_factory) -> tuple[Path, dict]:
+    """The plugin conformance check, demo included (it runs the demo once for every test here)."""
     work = tmp_path_factory.mktemp("fcos3d-demo")
-    report = run_demo("fcos3d", work, overrides=SMALL, synth_options=SYNTH, host=fcos3d_host)
-    return work, report
+    checked = check_plugin(
+        "hat_fcos3d.plugin",
+        "hat-fcos3d",
+        host=fcos3d_host,
+        demo_overrides=SMALL,
+        demo_synth_options=SYNTH,
+        demo_work_dir=work,
+    )
+    return work, checked.demo_report
 
 
 @pytest.mark.slow

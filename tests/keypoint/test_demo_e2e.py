@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hat.usecases.demo import run_demo
+from hat.testing import check_plugin
 
 SMALL = [
     "float_trainer.num_epochs=1",
@@ -23,13 +23,15 @@ SMALL = [
 
 @pytest.mark.slow
 def test_demo_runs_every_step_and_writes_the_report(keypoint_host, tmp_path: Path) -> None:
-    report = run_demo(
-        "keypoint",
-        tmp_path,
-        overrides=SMALL,
-        synth_options={"num_sequences": 1, "frames_per_sequence": 6},
+    """The plugin conformance check with its demo: every step of the chain, then the report."""
+    report = check_plugin(
+        "hat_keypoint.plugin",
+        "hat-keypoint",
         host=keypoint_host,
-    )
+        demo_overrides=SMALL,
+        demo_synth_options={"num_sequences": 1, "frames_per_sequence": 6},
+        demo_work_dir=tmp_path,
+    ).demo_report
     on_disk = json.loads((tmp_path / "demo_report.json").read_text())
     assert on_disk == report
     assert set(report["stages"]) == {"float", "calibration", "qat", "int_infer"}
