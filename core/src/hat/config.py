@@ -136,8 +136,14 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise ConfigError(f"config file not found: {path}", hint="check the path or the config name") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(
+            f"config file is {len(text)} characters, more than a config can be ({MAX_CONFIG_CHARS})", where=str(path)
+        )
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            _check_node(node, path)
         data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -155,6 +161,54 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if node is not None:
         _record_locations(node, "", path, locations)
     return data, locations
+
+
+#: Bounds on what one config file may be. A config is a few hundred values; YAML
+#: aliases can make a 1 KB file expand to billions (an "alias bomb"), which every walk
+#: over the data (locations, merging, interpolation) would then expand.
+MAX_CONFIG_CHARS = 1_000_000
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _check_node(root: yaml.Node, path: Path) -> None:
+    """Refuse a duplicate key (YAML keeps the last one silently) and an alias bomb.
+
+    The expanded size is counted on the node graph, where an alias is the same node
+    object: memoized per node, so the count itself never expands anything.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen:
+                        first = seen[key_node.value]
+                        raise ConfigError(
+                            f"duplicate key {key_node.value!r} (first at line {first.start_mark.line + 1}): "
+                            "YAML would keep only the last one",
+                            where=f"{path}:{key_node.start_mark.line + 1}",
+                            hint="remove one of the two",
+                        )
+                    seen[key_node.value] = key_node
+                total += size(key_node) + size(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        if total > MAX_EXPANDED_VALUES:
+            raise ConfigError(
+                f"config expands to more than {MAX_EXPANDED_VALUES} values (nested YAML aliases?)",
+                where=f"{path}:{node.start_mark.line + 1}",
+                hint="a config is a few hundred values: write them out instead of nesting aliases",
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _record_locations(node: yaml.Node, prefix: str, path: Path, out: dict[str, str]) -> None:
