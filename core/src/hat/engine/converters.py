@@ -94,7 +94,9 @@ class LoadCheckpoint:
 
     ``allow_miss``: model keys absent from the checkpoint keep their initial values
     (e.g. a new head on a pretrained backbone). ``ignore_extra``: checkpoint keys the
-    model lacks are ignored. A shape mismatch is always an error.
+    model lacks are ignored. A shape mismatch is always an error, and so is a load where
+    not one tensor matched: with both options on, that would otherwise train from scratch
+    while saying it loaded weights. The message says how many tensors loaded.
     """
 
     def __init__(self, checkpoint_path: str | None, allow_miss: bool = False, ignore_extra: bool = False) -> None:
@@ -107,15 +109,21 @@ class LoadCheckpoint:
             return model
         path = Path(self.checkpoint_path)
         payload = load_checkpoint(path, made_by=command_that_makes(path, context.task))
-        load_state(model, payload["model"], path, allow_miss=self.allow_miss, ignore_extra=self.ignore_extra)
-        info(f"loaded weights from {path}")
+        loaded = load_state(model, payload["model"], path, allow_miss=self.allow_miss, ignore_extra=self.ignore_extra)
+        info(f"loaded {loaded} of {len(model.state_dict())} tensors from {path}")
         return model
 
 
 def load_state(
     model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, *, allow_miss: bool, ignore_extra: bool
-) -> None:
-    """``load_state_dict`` with errors that list what is missing, extra or mis-shaped."""
+) -> int:
+    """``load_state_dict`` with errors that list what is missing, extra or mis-shaped.
+
+    Returns how many of the model's tensors were loaded. Every load of weights into a
+    model (LoadCheckpoint, ``--resume``) goes through here, so a checkpoint of another
+    model is the same clear UserError (exit 2) wherever it is loaded, never torch's
+    hundred lines of "size mismatch".
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -131,10 +139,18 @@ def load_state(
         problems.append(f"{len(missing)} model key(s) missing from the checkpoint, e.g. {', '.join(missing[:5])}")
     if extra and not ignore_extra:
         problems.append(f"{len(extra)} checkpoint key(s) unknown to the model, e.g. {', '.join(extra[:5])}")
+    matched = [k for k in own if k in state]
+    if own and not matched and not problems:  # allow_miss and ignore_extra: nothing would load
+        problems.append(
+            f"0 of {len(own)} model tensors are in the checkpoint: the model has "
+            f"{', '.join(list(own)[:5])}; the checkpoint has {', '.join(list(state)[:5]) or 'no tensors'}"
+        )
     if problems:
         raise UserError(
             f"checkpoint {source} does not fit the model: " + " | ".join(problems),
+            where=str(source),
             hint="check that the config's model matches the one that wrote the checkpoint "
-            "(LoadCheckpoint has allow_miss / ignore_extra for partial loads)",
+            "(LoadCheckpoint has allow_miss / ignore_extra for partial loads; keys must still match)",
         )
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    return len(matched)

@@ -20,7 +20,7 @@ from hat import distributed
 from hat.engine.callbacks.base import Callback
 from hat.engine.checkpoint_io import load_checkpoint, restore_rng
 from hat.engine.context import RunContext
-from hat.engine.converters import ModelConvertPipeline
+from hat.engine.converters import ModelConvertPipeline, load_state
 from hat.engine.loader import set_loader_epoch
 from hat.engine.optim import build_optimizer
 from hat.engine.processors import MultiBatchProcessor, NonFiniteLoss
@@ -122,13 +122,27 @@ class Trainer(LoopRunner):
         return state, loader
 
     def _resume(self, ctx: RunContext, state: LoopState) -> None:
+        """Restore everything from ``-last``; a checkpoint of another model is a UserError.
+
+        The weights go through the same shape/key check as LoadCheckpoint
+        (:func:`hat.engine.converters.load_state`), strictly: a resume must restore
+        every tensor.
+        """
         path = ctx.checkpoint_path("last")
         payload = load_checkpoint(path)
         if "optimizer" not in payload:
             raise UserError(f"{path} cannot be resumed from: it holds no training state")
         if payload.get("stage") != ctx.stage:
             raise UserError(f"{path} was written by stage {payload.get('stage')!r}, not {ctx.stage!r}")
-        state.plain_model.load_state_dict(payload["model"])
+        try:
+            load_state(state.plain_model, payload["model"], path, allow_miss=False, ignore_extra=False)
+        except UserError as exc:
+            raise UserError(
+                f"cannot resume: {exc.message}",
+                where=str(path),
+                hint="resume with the model config that wrote it, or train without --resume "
+                "(in another --work-dir to keep it)",
+            ) from None
         state.optimizer.load_state_dict(payload["optimizer"])
         if state.scheduler is not None and payload.get("scheduler") is not None:
             state.scheduler.load_state_dict(payload["scheduler"])

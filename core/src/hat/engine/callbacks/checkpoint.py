@@ -3,6 +3,11 @@
 Written on rank 0 only and atomically (see :mod:`hat.engine.checkpoint_io`). A
 checkpoint holds everything a resume needs: model, optimizer and scheduler state, the
 loop position, RNG states, callback states, the latest metrics and the resolved config.
+
+``-best`` is decided and written right after the validation that scored it (Validation
+calls :meth:`Checkpoint.after_validation`), so it holds exactly the weights whose metric
+it records. A save at another step (``interval_by: step`` with a different interval than
+the validation's) writes ``-last`` only: its weights are newer than its metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 from hat import distributed, workdir
 from hat.engine.callbacks.base import Callback
-from hat.engine.checkpoint_io import capture_rng, save_checkpoint
+from hat.engine.checkpoint_io import capture_rng, remove_stale_temp_files, save_checkpoint
 from hat.engine.state import LoopState
 from hat.registry import register_type
 
@@ -52,6 +57,8 @@ class Checkpoint(Callback):
         self.save_on_loop_end = save_on_loop_end
         self.best: float | None = None
         self._saved_at_step: int | None = None
+        #: A validation ran since the last save (so -last's metrics would be stale).
+        self._validated_since_save = False
 
     # -- hooks ------------------------------------------------------------------------------
     def on_loop_begin(self, state: LoopState) -> None:
@@ -63,6 +70,38 @@ class Checkpoint(Callback):
                 self.mode = "max" if first.higher_is_better else "min"
         if self.mode is None:
             self.mode = "max"
+        if distributed.is_main():
+            self._remove_stale_temp_files(state)
+
+    def _remove_stale_temp_files(self, state: LoopState) -> None:
+        """A save killed mid-write left its temp file (up to a whole checkpoint): remove it now."""
+        work_dir = getattr(state, "work_dir", None)
+        if work_dir is None:  # a loop without a work dir writes no checkpoint either
+            return
+        for stale in remove_stale_temp_files(Path(work_dir)):
+            runner = state.runner
+            if runner is not None and hasattr(runner, "print"):
+                runner.print(f"removed {stale.name}, left in {stale.parent} by a save that was killed")
+
+    def after_validation(self, state: LoopState, results: dict[str, float]) -> None:
+        """Called by Validation while the model holds the weights that scored ``results``.
+
+        A new best is saved here and now; later saves never write ``-best``.
+        """
+        self._validated_since_save = True
+        if self.monitor is None or self.monitor not in results:
+            return
+        value = float(results[self.monitor])
+        if not self._is_better(value):
+            return
+        self.best = value
+        if not distributed.is_main():
+            return
+        work_dir = Path(state.work_dir)
+        save_checkpoint(workdir.checkpoint_path(work_dir, state.stage, workdir.BEST), self._payload(state))
+        runner = state.runner
+        if runner is not None and hasattr(runner, "print"):
+            runner.print(f"new best {self.monitor}={value:.6g} at step {state.global_step} -> {work_dir}")
 
     def on_step_end(self, state: LoopState, batch: Any = None, outputs: Any = None) -> None:
         if self.interval_by == "step" and state.global_step % self.interval == 0:
@@ -76,9 +115,8 @@ class Checkpoint(Callback):
         if not self.save_on_loop_end:
             return
         # Saved at this step already, but a validation that runs at the end of the loop may
-        # have produced the metric since: save again only if it is a new best.
-        already = self._saved_at_step == state.global_step
-        if not already or (self.monitor in state.metrics and self._is_better(float(state.metrics[self.monitor]))):
+        # have produced metrics since (its best, if any, is saved already): -last gets them.
+        if self._saved_at_step != state.global_step or self._validated_since_save:
             self._save(state, f"step-{state.global_step}")
 
     # -- saving -----------------------------------------------------------------------------
@@ -90,15 +128,14 @@ class Checkpoint(Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def _save(self, state: LoopState, tag: str) -> None:
+        """Write -last (and a numbered copy); -best only when nothing is monitored.
+
+        With a monitored metric, -best is written by :meth:`after_validation` alone: here
+        the metrics in ``state`` may come from a validation at an earlier step.
+        """
         self._saved_at_step = state.global_step
-        improved = False
-        if self.monitor is not None and self.monitor in state.metrics:
-            value = float(state.metrics[self.monitor])
-            improved = self._is_better(value)
-            if improved:
-                self.best = value
-        elif self.monitor is None:
-            improved = True  # nothing monitored: the newest is the best
+        self._validated_since_save = False
+        newest_is_best = self.monitor is None  # nothing monitored: the newest is the best
         if not distributed.is_main():
             return
         payload = self._payload(state)
@@ -106,14 +143,16 @@ class Checkpoint(Callback):
         last = workdir.checkpoint_path(work_dir, state.stage, workdir.LAST)
         if self.save_last:
             save_checkpoint(last, payload)
-        if improved:
+        if newest_is_best:
             save_checkpoint(workdir.checkpoint_path(work_dir, state.stage, workdir.BEST), payload)
         if self.keep_n:
             save_checkpoint(workdir.checkpoint_path(work_dir, state.stage, tag), payload)
             self._prune(work_dir, state.stage)
         runner = state.runner
         if runner is not None and hasattr(runner, "print"):
-            runner.print(f"checkpoint at {tag.replace('-', ' ')} -> {work_dir}" + (" (new best)" if improved else ""))
+            runner.print(
+                f"checkpoint at {tag.replace('-', ' ')} -> {work_dir}" + (" (new best)" if newest_is_best else "")
+            )
 
     def _payload(self, state: LoopState) -> dict[str, Any]:
         epoch, step_in_epoch = state.resume_position()

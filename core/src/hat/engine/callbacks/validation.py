@@ -15,7 +15,12 @@ from hat.registry import register_type
 
 @register_type("Validation", lazy_args=("data_loader",))
 class Validation(Callback):
-    """Runs before a Checkpoint listed after it, so "best" sees fresh metrics.
+    """The stage's metrics, every N epochs or steps, handed to the callbacks that keep a best.
+
+    Right after each validation, every callback of the runner with an
+    ``after_validation(state, results)`` method (the Checkpoint) is called, while the model
+    still holds the weights that scored: a best checkpoint is saved from exactly those, not
+    from the weights of a later save step.
 
     ``metrics`` default to the runner's ``val_metrics``, and they read the predictions of
     the runner's ``post_process`` (the one the predictors use). Each result goes to
@@ -76,6 +81,10 @@ class Validation(Callback):
         )
         shown = ", ".join(f"{k}={v:.4f}" for k, v in results.items())
         runner.print(f"[{state.stage}] validation at epoch {state.epoch + 1}, step {state.global_step}: {shown}")
+        for callback in getattr(runner, "callbacks", []):
+            after = getattr(callback, "after_validation", None)
+            if callable(after):
+                after(state, results)
         return results
 
     def on_step_end(self, state: LoopState, batch: Any = None, outputs: Any = None) -> None:
