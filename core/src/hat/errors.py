@@ -57,3 +57,12 @@ class BadSourceRecord(UserError):
 
 class IncompletePack(UserError):
     """A packed dataset without its ``__meta__`` record: packing never finished."""
+
+
+class UnreadablePack(UserError):
+    """A pack directory that exists but cannot be read as a whole HAT pack.
+
+    Its data file is unreadable (permissions), not LMDB, shorter than LMDB's own header
+    says (truncated), or holds values that are not HAT's msgpack. It is never taken for an
+    incomplete pack: a writer refuses to touch it unless told ``--overwrite``.
+    """

@@ -94,10 +94,22 @@ class PackedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         self._index = index
-        sample = self.decode(self.reader[index])
-        rng = self.rng(index % len(self) if index < 0 else index)
-        for transform in self.transforms:
-            sample = transform(sample, rng)
+        stored = self.reader[index]
+        try:
+            sample = self.decode(stored)
+            rng = self.rng(index % len(self) if index < 0 else index)
+            for transform in self.transforms:
+                sample = transform(sample, rng)
+        except KeyError as exc:
+            # A bare KeyError('image') names neither the pack nor the sample; this does.
+            key = exc.args[0] if exc.args else "?"
+            raise UserError(
+                f"sample {index} of pack {self.data_path} has no key {key!r}, which "
+                f"{type(self).__name__} needs (it has: {', '.join(map(str, stored)) or 'nothing'})",
+                where=str(self.data_path),
+                hint="the pack was made for another dataset or by an older packer: re-pack it with "
+                "`hat pack <dataset> ... --overwrite`, or point data_path at the right pack",
+            ) from None
         return sample
 
     def decode(self, sample: dict[str, Any]) -> dict[str, Any]:
