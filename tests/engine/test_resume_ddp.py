@@ -151,6 +151,7 @@ def test_ddp_two_ranks_match_one_process_on_the_combined_batches(tmp_path: Path)
     assert [r["step"] for r in log if r["event"] == "step"] == list(range(1, 17))
     assert len([r for r in log if r["event"] == "validation"]) == 2
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        "config.yaml",  # written once, by rank 0, like the checkpoints
         "float-checkpoint-best.pth.tar",
         "float-checkpoint-last.pth.tar",
         "logs",

@@ -507,6 +507,29 @@ def demo_command(
     console.out.print(f"report: {chosen / DEMO_REPORT}")
 
 
+#: What a user does after interrupting a command, by command.
+_AFTER_INTERRUPT = {
+    "train": "the last checkpoint is kept: run the same command with --resume to continue",
+    "pack": "the unfinished pack is marked incomplete: run the same command again to replace it",
+    "demo": "run the same command again: it reuses the synthetic data it wrote and redoes the rest",
+}
+
+
+def _was_interrupted(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _say_interrupted(args: list[str]) -> None:
+    command = next((a for a in args if not a.startswith("-")), "")
+    console.err.print(f"interrupted: hat {' '.join(args)}", markup=False, highlight=False, soft_wrap=True)
+    console.err.print(f"  next:  {_AFTER_INTERRUPT.get(command, 'run the same command again')}", markup=False)
+
+
 def _quickest_demo(host) -> str:
     """The installed task whose demo is quickest (by its recipe's expected time), said aloud."""
     from hat.errors import UserError
@@ -538,8 +561,13 @@ def main(argv: list[str] | None = None) -> None:
         console.err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.err.print("interrupted")
+        _say_interrupted(args)
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns a Ctrl-C inside a command into Exit(130) before it reaches here
+        if exc.code == 130 and _was_interrupted(exc):
+            _say_interrupted(args)
+        raise
     except Exception as exc:  # the work failed: say so in one line unless asked for more
         if debug:
             traceback.print_exc()

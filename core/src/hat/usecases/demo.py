@@ -60,7 +60,7 @@ def run_demo(
     steps: list[tuple[str, Callable[[], Any]]] = [
         (
             f"synth {recipe.dataset}",
-            lambda: host.synth_generator(recipe.dataset)(raw, seed=seed, **synth),
+            lambda: _synthesize(host.synth_generator(recipe.dataset), raw, recipe.dataset, seed, synth),
         ),
     ]
     packer = host.packer(recipe.dataset)
@@ -132,6 +132,44 @@ def run_demo(
     }
     (work_dir / workdir.DEMO_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+#: In the demo's raw folder: what generated it (so a re-run can reuse or replace it).
+_SYNTH_MARKER = ".hat-demo-synth.json"
+
+
+def _synthesize(generate: Callable[..., Any], raw: Path, dataset: str, seed: int, options: dict[str, Any]) -> None:
+    """Write the demo's synthetic data, or reuse what an earlier demo run wrote there.
+
+    A re-run in the same work dir finds ``raw/`` from the first run: with the same
+    dataset, seed and options it is reused (the generator is deterministic); with others
+    it is replaced. A ``raw/`` the demo did not write is never touched.
+    """
+    import shutil
+
+    wanted = {"dataset": dataset, "seed": seed, "options": options}
+    marker = raw / _SYNTH_MARKER
+    if raw.exists():
+        try:
+            found = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            found = None
+        # a demo of an older HAT left no marker, but its report beside raw/
+        if found is None and (raw.parent / workdir.DEMO_REPORT).is_file():
+            found = {}
+        if found is None:
+            from hat.errors import UserError
+
+            raise UserError(
+                f"{raw} exists and was not written by `hat demo`: the demo will not overwrite it",
+                hint="choose another --work-dir",
+            ) from None
+        if found == json.loads(json.dumps(wanted, default=str)):
+            console.info(f"reusing the synthetic data of an earlier demo run in {raw}")
+            return
+        shutil.rmtree(raw)
+    generate(raw, seed=seed, **options)
+    marker.write_text(json.dumps(wanted, default=str))
 
 
 def render_report(report: dict[str, Any]) -> Table:
