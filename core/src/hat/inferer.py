@@ -34,19 +34,109 @@ ModelFn = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 class ImageFileError(UserError):
-    """An image file that cannot be read, or a picture that cannot be written (exit 2)."""
+    """An image file that cannot be read, or a picture that cannot be written (exit 2).
+
+    ``reason`` is the problem without the path (a packer names the file itself, as a
+    :class:`~hat.errors.BadSourceRecord`); ``path`` is the file concerned.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+        path: str | Path | None = None,
+    ) -> None:
+        super().__init__(message, where=where, hint=hint)
+        self.reason = reason or message
+        self.path = None if path is None else Path(path)
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+#: How much of a file's end :func:`image_file_problem` reads (enough for any zero padding seen in practice).
+_TAIL_BYTES = 1 << 16
+_CUT_SHORT_HINT = "the file was cut short (an interrupted copy or download?): copy it again"
+
+
+def image_data_problem(head: bytes, tail: bytes) -> str | None:
+    """Why an encoded image with this start and end is incomplete, or None.
+
+    A JPEG cut short still decodes: libjpeg fills the missing rows with grey and only
+    warns "Premature end of JPEG file" on stderr, naming no file, so a decode alone
+    would take it for an image. A complete JPEG ends with the end-of-image marker
+    ``FF D9``; trailing zero bytes (padding some writers and file systems add) are
+    allowed, anything else after the marker is not (a file cut short cannot be told
+    from one with a trailer). A PNG ends with its ``IEND`` chunk. Other formats are
+    left to the decoder.
+    """
+    end = tail.rstrip(b"\x00")
+    if head.startswith(_JPEG_START) and not end.endswith(_JPEG_END):
+        return "truncated JPEG: the file does not end with the end-of-image marker FF D9"
+    if head.startswith(_PNG_START) and not end.endswith(_PNG_END):
+        return "truncated PNG: the file does not end with its IEND chunk"
+    return None
+
+
+def image_file_problem(path: str | Path) -> str | None:
+    """:func:`image_data_problem` of a file, reading only its first bytes and its end.
+
+    For a caller that must not decode (the CarFusion packer's count of boxes reads
+    frame sizes from the JPEG header). A file that cannot be opened is left to the
+    reader that decodes it.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_PNG_START))
+            size = f.seek(0, 2)
+            f.seek(max(0, size - _TAIL_BYTES))
+            tail = f.read()
+            if not tail.rstrip(b"\x00") and size > _TAIL_BYTES:  # all padding: look at the whole file
+                f.seek(0)
+                tail = f.read()
+    except OSError:
+        return None
+    return image_data_problem(head, tail)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """The file as a BGR ``uint8`` image; :class:`ImageFileError` if it is not one."""
+    """The file as a BGR ``uint8`` image; :class:`ImageFileError` if it is not one.
+
+    The one image reader of ``hat infer`` and the packers: a missing file, one that
+    cannot be read, a truncated JPEG or PNG (:func:`image_data_problem`, checked
+    before decoding) and one that does not decode are each an :class:`ImageFileError`
+    naming the file, with the reason alone in ``reason``.
+    """
     import cv2
 
     path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if path.is_dir():
+        raise ImageFileError(
+            f"{path} is a directory, not an image file", reason="a directory, not an image file", path=path
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageFileError(f"image file not found: {path}", reason="the image file is missing", path=path) from None
+    except OSError as exc:
+        reason = f"cannot read the image: {exc.strerror or exc}"
+        raise ImageFileError(f"cannot read image {path}: {exc.strerror or exc}", reason=reason, path=path) from None
+    tail = data[-_TAIL_BYTES:]
+    problem = image_data_problem(data[: len(_PNG_START)], tail if tail.rstrip(b"\x00") else data)
+    if problem is not None:
+        raise ImageFileError(
+            f"cannot read image {path}: {problem}", where=str(path), hint=_CUT_SHORT_HINT, reason=problem, path=path
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        raise ImageFileError(f"cannot read image {path}", hint="pass a JPEG or PNG file")
+        raise ImageFileError(
+            f"cannot read image {path}",
+            hint="pass a JPEG or PNG file",
+            reason="image cannot be read or decoded",
+            path=path,
+        )
     return image
 
 

@@ -25,7 +25,9 @@ keypoint, are skipped; the pack's meta counts them. Keypoints of an instance wit
 box are not used. Anything malformed — a wrong field count, a non-number, ``kp_id``
 outside 1..14, visibility outside 0..3, an empty box, a keypoint or box given twice —
 is a :class:`~hat.errors.BadSourceRecord` naming the file and 1-based line; a missing
-``gt``/``bb`` file or an unreadable image names the image.
+``gt``/``bb`` file or an unreadable image names the image. Images are read by core's
+one reader (:func:`hat.inferer.read_image`, as ``hat infer`` reads them), so a JPEG cut
+short is a bad record too, not a crop stored half grey.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import numpy as np
 from hat.data.pack import PackReader
 from hat.data.packer import Packer
 from hat.errors import BadSourceRecord, UserError
+from hat.inferer import ImageFileError, image_file_problem, read_image
 from hat_keypoint.keypoints import FLIP_PAIRS, NAMES, NUM_KEYPOINTS, NUM_SLOTS, SLOT_TO_INDEX
 
 _CROP_JPEG_QUALITY = 95
@@ -101,9 +104,7 @@ class CarfusionPacker(Packer):
         return frames
 
     def pack_record(self, frame: Path) -> Iterator[dict[str, Any]]:
-        img = cv2.imread(str(frame), cv2.IMREAD_COLOR)
-        if img is None:
-            raise BadSourceRecord("image cannot be read or decoded", file=str(frame))
+        img = _read_frame(frame)
         height, width = img.shape[:2]
         seq = frame.parent.parent.name
         for crop in self._crops(frame, width, height):
@@ -126,12 +127,16 @@ class CarfusionPacker(Packer):
 
         Workers cannot report counts back, so they are recounted here, in the main
         process, from the (small) annotation files and the images' JPEG headers — a
-        second pass over text only, no image is decoded. Frames whose annotations are
-        bad records (counted by the driver as skipped records) are left out.
+        second pass over text only, no image is decoded. Frames that are bad records
+        (counted by the driver as skipped records) are left out: bad annotations, and
+        images that :func:`hat.inferer.image_file_problem` finds truncated, the check
+        :func:`hat.inferer.read_image` makes before decoding.
         """
         counts = {"ok": 0, "small": 0, "no_keypoints": 0}
         for frame in self.records():
             try:
+                if image_file_problem(frame) is not None:
+                    continue
                 width, height = _image_size(frame)
                 for crop in self._crops(frame, width, height):
                     counts[crop.status] += 1
@@ -281,10 +286,16 @@ def _image_size(path: Path) -> tuple[int, int]:
     size = _jpeg_size(path)
     if size is not None:
         return size
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise BadSourceRecord("image cannot be read or decoded", file=str(path))
+    img = _read_frame(path)
     return img.shape[1], img.shape[0]
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    """The frame, read by core's one image reader; a truncated or unreadable image is a bad record."""
+    try:
+        return read_image(path)
+    except ImageFileError as err:
+        raise BadSourceRecord(err.reason, file=str(path)) from None
 
 
 def _jpeg_size(path: Path) -> tuple[int, int] | None:
