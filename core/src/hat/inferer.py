@@ -18,6 +18,7 @@ as keyword arguments that reach ``sample`` and ``draw``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,33 @@ def save_png(path: str | Path, img: np.ndarray) -> Path:
     return path
 
 
+def output_stems(paths: Sequence[str | Path]) -> list[str]:
+    """One distinct name per input, for its picture: the input's stem where no other input has it.
+
+    Inputs of one run that share a stem (``a/img.jpg`` and ``b/img.jpg``) are written
+    into one folder, so the stem alone would write one picture over the other. Those
+    get their folder's name in front (``a_img``, ``b_img``): readable, and the same
+    name in every run given the same inputs. What is still equal after that (the same
+    folder name in two places, ``img.jpg`` beside ``img.png``, one file given twice)
+    gets a counter, ``_2``, ``_3``, ..., in the order given; the first keeps the plain
+    name. Names are compared case-insensitively, as a case-insensitive file system would.
+    """
+    stems = [Path(p).stem for p in paths]
+    counts = Counter(s.casefold() for s in stems)
+    shared = {s for s, n in counts.items() if n > 1}
+    chosen: list[str] = []
+    used: set[str] = set()
+    for path, stem in zip(paths, stems, strict=True):
+        name = f"{Path(path).absolute().parent.name}_{stem}" if stem.casefold() in shared else stem
+        candidate, count = name, 1
+        while candidate.casefold() in used:
+            count += 1
+            candidate = f"{name}_{count}"
+        used.add(candidate.casefold())
+        chosen.append(candidate)
+    return chosen
+
+
 class ImageInferer:
     """Image files -> pictures of what the model found (see the module docstring).
 
@@ -178,7 +206,8 @@ class ImageInferer:
         post_process: the config's top-level ``post_process`` (the same object type the
             predictors decode with).
 
-    Each input ``<stem>.<ext>`` is written as ``<save_path>/<stem>_<suffix>.png``.
+    Each input ``<stem>.<ext>`` is written as ``<save_path>/<stem>_<suffix>.png``; inputs
+    that share a stem are told apart by their folder's name (:func:`output_stems`).
     """
 
     #: The written picture's name is ``<input stem>_<suffix>.png``.
@@ -201,7 +230,7 @@ class ImageInferer:
         reset_post_process(self.post_process)
         rng = np.random.default_rng(0)
         written = []
-        for path in paths:
+        for path, stem in zip(paths, output_stems(paths), strict=True):
             image = read_image(path)
             sample = self.sample(image, **context)
             for transform in self.transforms:
@@ -210,7 +239,7 @@ class ImageInferer:
             with torch.no_grad():
                 predictions = self.post_process(model(batch), batch)
             drawn = self.draw(image, sample, predictions, **context)
-            written.append(save_png(Path(save_path) / f"{Path(path).stem}_{self.suffix}.png", drawn))
+            written.append(save_png(Path(save_path) / f"{stem}_{self.suffix}.png", drawn))
         return written
 
     def sample(self, image: np.ndarray, **context: Any) -> dict[str, Any]:

@@ -24,7 +24,8 @@ MIN_SCORE = 0.1
 class KeypointInferer(ImageInferer):
     """Core's image inferer with the car's keypoints and skeleton drawn on each crop.
 
-    Takes no task options. Writes ``<stem>_keypoints.png``.
+    Takes no task options. Writes ``<stem>_keypoints.png`` (inputs of one run that share a
+    stem get their folder's name in front: :func:`hat.inferer.output_stems`).
     """
 
     suffix = "keypoints"
