@@ -345,6 +345,14 @@ def _materialize_reference(data: dict[str, Any], node: Any, walked: list[str]) -
 # -- interpolation ------------------------------------------------------------------------
 
 
+def _carry_locations(locations: dict[str, str], name: str, at: str) -> None:
+    """``at: ${name}`` takes ``name``'s value, so an error about it should point where
+    ``name`` was set (the task's YAML line, or the ``--set``), not at the reference."""
+    prefix = f"{name}."
+    for key in [k for k in locations if k == name or k.startswith(prefix)]:
+        locations[at + key[len(name) :]] = locations[key]
+
+
 def _interpolate(data: dict[str, Any], locations: dict[str, str]) -> dict[str, Any]:
     resolving: list[str] = []
     done: dict[str, Any] = {}
@@ -374,7 +382,9 @@ def _interpolate(data: dict[str, Any], locations: dict[str, str]) -> dict[str, A
         if isinstance(value, str) and "${" in value:
             whole = _REF.fullmatch(value)
             if whole:
-                return copy.deepcopy(top(whole.group(1), at))
+                resolved = copy.deepcopy(top(whole.group(1), at))
+                _carry_locations(locations, whole.group(1), at)
+                return resolved
             return _REF.sub(lambda m: str(top(m.group(1), at)), value)
         return value
 

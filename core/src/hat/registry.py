@@ -16,6 +16,8 @@ import difflib
 import importlib
 import inspect
 import pkgutil
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -225,15 +227,18 @@ class _Builder:
         except (ValueError, TypeError) as exc:  # a constructor rejecting its arguments is a config error
             raise ConfigError(
                 f"cannot build {type_name!r} at {path or '<root>'}: {exc}",
-                where=self.locate(_join(path, "type")),
+                where=self.locate(_blamed_key(exc, kwargs, path)),
+                hint="correct the value where it is set (`hat config show` prints the resolved config)",
             ) from exc
 
     def _check_arguments(self, target: Callable[..., Any], type_name: Any, kwargs: dict[str, Any], path: str) -> None:
-        """Name an unknown or missing key before calling, instead of a bare TypeError."""
+        """Name an unknown or missing key, or a value of the wrong type, before calling,
+        instead of a bare TypeError (or a "'<' not supported" from deep inside)."""
         try:
             sig = inspect.signature(target)
         except (TypeError, ValueError):  # some builtins have no signature
             return
+        check_argument_types(target, kwargs, path, self.locate)
         params = sig.parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
@@ -262,6 +267,69 @@ class _Builder:
                 f"type {type_name!r} at {path or '<root>'} is missing required key(s): {', '.join(missing)}",
                 where=self.locate(_join(path, "type")),
             )
+
+
+#: Annotations a config value can be checked against (YAML gives these types).
+_SCALARS = (bool, int, float, str)
+
+
+def _accepts(annotation: Any, value: Any) -> bool | None:
+    """Whether ``value`` fits ``annotation``; None when the annotation is not one to check."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return None
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    if not all(m is type(None) or isinstance(m, type) for m in members):
+        return None  # Sequence[int], callables, ...: too rich to check here
+    for member in members:
+        if member is type(None):
+            if value is None:
+                return True
+        elif member is float and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        elif member is int and isinstance(value, bool):
+            continue
+        elif isinstance(value, member):
+            return True
+        elif member not in _SCALARS and not isinstance(value, _SCALARS):
+            return None  # a built object or a dict meant for a richer type: not ours to judge
+    return False
+
+
+def check_argument_types(
+    target: Callable[..., Any], kwargs: Mapping[str, Any], path: str, locate: Callable[[str], str | None]
+) -> None:
+    """A scalar config value of the wrong type (``num_epochs: abc``, ``lr: fast``) is a
+    :class:`ConfigError` naming the key path and where it was set (a file line or the
+    ``--set``), not an error from deep inside the object that received it.
+
+    Only plain annotations are checked (``int``, ``float | None``, a class): a value of
+    YAML's scalar types against them.
+    """
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    for key, value in kwargs.items():
+        if key not in hints or not isinstance(value, (*_SCALARS, type(None))):
+            continue
+        if _accepts(hints[key], value) is False:
+            wanted = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(
+                f"{_join(path, key)} must be {wanted}, got {value!r} ({type(value).__name__})",
+                where=locate(_join(path, key)),
+                hint="correct the value where it is set (`hat config show` prints the resolved config)",
+            )
+
+
+def _blamed_key(exc: BaseException, kwargs: Mapping[str, Any], path: str) -> str:
+    """The key path a constructor's error names (``batch_size should be positive``), else its type."""
+    text = str(exc)
+    named = [key for key in kwargs if key in text]
+    return _join(path, max(named, key=len)) if named else _join(path, "type")
 
 
 def _join(path: str, key: str) -> str:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hat import distributed
 from hat.errors import ConfigError
-from hat.registry import Registry
+from hat.registry import Registry, check_argument_types
 
 
 class EpochSampler(Sampler[int]):
@@ -81,10 +81,17 @@ def build_loader(
     # The loader's own generator (re-seeded per epoch in set_loader_epoch) draws the
     # worker seeds, so iterating never consumes the global RNG that a resume restores.
     rest.setdefault("generator", torch.Generator().manual_seed(seed))
+    where = locate or (lambda _path: None)
+    check_argument_types(DataLoader, rest, path, where)
     try:
         return DataLoader(dataset, sampler=sampler, **rest)
-    except TypeError as exc:
-        raise ConfigError(f"bad data loader option at {path}: {exc}", where=locate(path) if locate else None) from exc
+    except (TypeError, ValueError) as exc:  # batch_size=0, num_workers=-1: name the key and where it was set
+        key = next((k for k in sorted(rest, key=len, reverse=True) if k in str(exc)), None)
+        raise ConfigError(
+            f"bad data loader option at {path}{'.' + key if key else ''}: {exc}",
+            where=where(f"{path}.{key}" if key else path),
+            hint="correct the value where it is set (`hat config show` prints the resolved config)",
+        ) from exc
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:

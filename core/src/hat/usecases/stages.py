@@ -75,7 +75,16 @@ def load_stage_config(
             stored = workdir_config.drop_meta(load_config(remembered.path, defaults=defaults))
             workdir_config.check_same_model(cfg, stored, chosen, remembered)
     _check_target(cfg)
+    _check_seed(cfg)
     return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
+
+
+def _check_seed(cfg: Config) -> None:
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(
+            f"seed must be a non-negative integer, got {seed!r}", where=cfg.locate("seed"), hint="e.g. --set seed=0"
+        )
 
 
 def remember_config(stage_cfg: StageConfig, command: str) -> None:
