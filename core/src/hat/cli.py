@@ -167,6 +167,35 @@ def config_show(
 # -- hat synth / hat pack -------------------------------------------------------------------
 
 
+def _check_dir_option(path: Path, option: str, *, create: bool = True) -> None:
+    """Refuse a file where a directory option (``--dst``, ``--save-path``, ``--src``) needs a directory.
+
+    Checked before any work: found later, deep in it, the file is a raw errno
+    (``NotADirectoryError``, ``FileExistsError``) and exit 1. ``create``: the command makes
+    the directory when missing, so a file anywhere on its path is in the way; otherwise
+    ``path`` must be an existing directory where it exists (whether it exists at all is
+    the command's own check).
+    """
+    from hat.errors import UserError
+
+    for candidate in (path, *path.parents) if create else (path,):
+        if not candidate.exists():
+            continue
+        if candidate.is_dir():
+            return
+        what = (
+            f"{option} {path} is a file, not a directory"
+            if candidate == path
+            else f"{option} {path} cannot be created: {candidate} is a file, not a directory"
+        )
+        hint = (
+            f"pass a directory for {option} (it is created if missing), or move the file {candidate} away"
+            if create
+            else f"pass a directory as {option}, not a file"
+        )
+        raise UserError(what, where=str(candidate), hint=hint)
+
+
 @app.command("synth", context_settings=_EXTRA_ARGS)
 def synth_command(
     ctx: typer.Context,
@@ -178,6 +207,7 @@ def synth_command(
     from hat.extra_options import parse_extra_options
     from hat.plugins import get_host
 
+    _check_dir_option(dst, "--dst")
     generate = get_host().synth_generator(dataset)
     options = parse_extra_options(ctx.args, generate, f"`hat synth {dataset}`")
     start = time.perf_counter()
@@ -201,6 +231,8 @@ def pack_command(
     from hat.extra_options import parse_extra_options
     from hat.plugins import get_host
 
+    _check_dir_option(src, "--src", create=False)
+    _check_dir_option(dst, "--dst")
     packer_cls = get_host().packer(dataset)
     options = parse_extra_options(ctx.args, packer_cls, f"`hat pack {dataset}`")
     packer = packer_cls(src, split, **options)
@@ -464,7 +496,14 @@ def validate_command(
 def infer_command(
     ctx: typer.Context,
     task: TaskArg,
-    inputs: Annotated[list[Path], typer.Option("--input", help="An input file (repeatable).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Option(
+            "--input",
+            help="An input image file, or a directory: its image files (.jpg, .jpeg, .png, .bmp; "
+            "not its sub-directories), sorted by name (repeatable).",
+        ),
+    ],
     save_path: Annotated[Path, typer.Option("--save-path", help="Directory for the drawn results.")],
     model: Annotated[str, typer.Option("--model", help="int8 (export/model.onnx) or float.")] = "int8",
     config: ConfigOption = None,
@@ -474,6 +513,7 @@ def infer_command(
     """Run the exported model on files and draw what it found (task options, e.g. fcos3d's --calib: see `hat list`)."""
     from hat.usecases.infer import build_inferer, parse_infer_options, run_infer
 
+    _check_dir_option(save_path, "--save-path")
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     inferer = build_inferer(stage_cfg)
     options = parse_infer_options(ctx.args, inferer, task)

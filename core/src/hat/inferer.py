@@ -62,6 +62,23 @@ _TAIL_BYTES = 1 << 16
 _CUT_SHORT_HINT = "the file was cut short (an interrupted copy or download?): copy it again"
 
 
+#: What ``hat infer --input DIR`` takes from a directory: the formats every OpenCV build reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def image_files(directory: str | Path) -> list[Path]:
+    """The image files directly in ``directory`` (by :data:`IMAGE_SUFFIXES`, any case), sorted by name.
+
+    Sub-directories are not entered and hidden files (``.name``) are left out, so a
+    folder of pictures gives those pictures and nothing a tool left beside them.
+    """
+    return sorted(
+        p
+        for p in Path(directory).iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
 def image_data_problem(head: bytes, tail: bytes) -> str | None:
     """Why an encoded image with this start and end is incomplete, or None.
 

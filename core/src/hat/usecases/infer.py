@@ -91,9 +91,7 @@ def run_infer(
             raise UserError(f"--{name.replace('_', '-')} file not found: {value}")
     if model not in MODELS:
         raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"input file(s) not found: {', '.join(missing)}")
+    inputs = collect_inputs(inputs)
     path = workdir.export_dir(stage_cfg.work_dir) / MODELS[model]
     if not path.is_file():
         raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
@@ -101,9 +99,48 @@ def run_infer(
     try:
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ImageFileError(f"cannot create --save-path {save_path}: {exc.strerror or exc}") from exc
+        raise ImageFileError(
+            f"cannot create --save-path {save_path}: {exc.strerror or exc}",
+            where=str(save_path),
+            hint="pass a --save-path directory you can write to",
+        ) from exc
     backend = compile_backend(stage_cfg, host or get_host())
     return list(inferer([Path(p) for p in inputs], OnnxModel(path, backend=backend), save_path, **options))
+
+
+def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """The files ``--input`` names: each file as given, each directory's image files sorted by name.
+
+    A directory is taken as its pictures (:func:`hat.inferer.image_files`: JPEG, PNG and
+    BMP directly in it), so ``--input photos/`` works as users type it; one with none is
+    an error, as is a path that does not exist. Nothing is read yet.
+    """
+    from hat import console
+    from hat.inferer import IMAGE_SUFFIXES, image_files
+
+    files: list[Path] = []
+    missing: list[str] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = image_files(given)
+            if not found:
+                raise UserError(
+                    f"--input {given} is a directory with no image files ({', '.join(IMAGE_SUFFIXES)}) in it",
+                    where=str(given),
+                    hint="pass a directory of pictures, or the image files themselves",
+                )
+            console.info(f"--input {given}: a directory, taking its {len(found)} image file(s) sorted by name")
+            files.extend(found)
+        elif given.exists():
+            files.append(given)
+        else:
+            missing.append(str(given))
+    if missing:
+        raise UserError(
+            f"input file(s) not found: {', '.join(missing)}",
+            hint="pass existing image files, or a directory of them, to --input",
+        )
+    return files
 
 
 def compile_backend(stage_cfg: StageConfig, host: PluginHost) -> Any:
