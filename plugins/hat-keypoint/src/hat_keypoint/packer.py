@@ -96,12 +96,33 @@ class CarfusionPacker(Packer):
         """Every frame of the split, sorted, so that a pack's order never depends on the file system."""
         frames = sorted((self.src / self.split).glob("car_*/images_jpg/*.jpg"))
         if not frames:
+            splits = self.available_splits()
+            if splits and self.split not in splits:
+                raise UserError(
+                    f"the CarFusion dataset at {self.src} has no split {self.split!r}; its splits: {', '.join(splits)}",
+                    where=str(self.src),
+                    hint=f"pass --split {' or --split '.join(splits)}",
+                )
             raise UserError(
                 f"no CarFusion frames for split {self.split!r} under {self.src}",
                 where=str(self.src / self.split),
                 hint=f"expected layout: {self.layout_hint}",
             )
         return frames
+
+    def available_splits(self) -> list[str]:
+        """The folders of ``src`` that hold CarFusion frames, sorted: the splits ``--split`` can name.
+
+        Listed when ``--split`` names none of them, so that a typo (or a dataset that
+        calls its splits something else) says what there is instead of only the layout.
+        """
+        if not self.src.is_dir():
+            return []
+        return sorted(
+            d.name
+            for d in self.src.iterdir()
+            if d.is_dir() and next(iter(d.glob("car_*/images_jpg/*.jpg")), None) is not None
+        )
 
     def pack_record(self, frame: Path) -> Iterator[dict[str, Any]]:
         img = _read_frame(frame)
