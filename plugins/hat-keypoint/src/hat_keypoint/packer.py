@@ -25,7 +25,12 @@ keypoint, are skipped; the pack's meta counts them. Keypoints of an instance wit
 box are not used. Anything malformed — a wrong field count, a non-number, ``kp_id``
 outside 1..14, visibility outside 0..3, an empty box, a keypoint or box given twice —
 is a :class:`~hat.errors.BadSourceRecord` naming the file and 1-based line; a missing
-``gt``/``bb`` file or an unreadable image names the image. Images are read by core's
+``gt`` file or an unreadable image names the image.
+
+A frame with keypoints but no ``bb`` file is not a bad record: each instance's box is
+derived from its labelled keypoints inside the image, as CarFusion's own COCO converter
+(``carfusion2coco.py``) builds its boxes, padded by :data:`KEYPOINT_BOX_PAD` (see there
+why); the pack's meta counts such frames (``num_frames_boxes_from_keypoints``). Images are read by core's
 one reader (:func:`hat.inferer.read_image`, as ``hat infer`` reads them), so a JPEG cut
 short is a bad record too, not a crop stored half grey.
 """
@@ -51,6 +56,14 @@ from hat.inferer import ImageFileError, image_file_problem, read_image
 from hat_keypoint.keypoints import FLIP_PAIRS, NAMES, NUM_KEYPOINTS, NUM_SLOTS, SLOT_TO_INDEX
 
 _CROP_JPEG_QUALITY = 95
+#: A box derived from keypoints (a frame without a ``bb`` file) is their bounding box grown
+#: by this fraction of its width/height on every side, before ``margin`` is applied as to
+#: any box. Keypoints lie on the car (wheels, lights, roof corners), not on its outline:
+#: bumpers, mirrors and the wheels' lower halves stick out past them, so their bounding box
+#: is too tight to be the car's. CarFusion's converter grows it by a tenth in front
+#: (``x - w/10``) and, computing the far edge from that shifted start (``+ w + w/4``), by
+#: 15 % behind; the tenth is taken on both sides here, so the car stays centred in its box.
+KEYPOINT_BOX_PAD = 0.1
 _FIELDS = re.compile(r"[,\s]+")
 
 
@@ -154,6 +167,7 @@ class CarfusionPacker(Packer):
         :func:`hat.inferer.read_image` makes before decoding.
         """
         counts = {"ok": 0, "small": 0, "no_keypoints": 0}
+        derived = 0  # frames whose boxes came from their keypoints (no bb file)
         for frame in self.records():
             try:
                 if image_file_problem(frame) is not None:
@@ -163,6 +177,7 @@ class CarfusionPacker(Packer):
                     counts[crop.status] += 1
             except BadSourceRecord:
                 continue
+            derived += not _box_path(frame).is_file()
         return {
             "keypoint_names": list(NAMES),
             "flip_pairs": [list(p) for p in FLIP_PAIRS],
@@ -171,6 +186,8 @@ class CarfusionPacker(Packer):
             "num_boxes": sum(counts.values()),
             "num_boxes_skipped_small": counts["small"],
             "num_boxes_skipped_no_keypoints": counts["no_keypoints"],
+            "num_frames_boxes_from_keypoints": derived,
+            "keypoint_box_pad": KEYPOINT_BOX_PAD,
         }
 
     def finish(self, dst: Path, reader: PackReader) -> None:
@@ -187,14 +204,13 @@ class CarfusionPacker(Packer):
 
     # -- one frame ----------------------------------------------------------------------
     def _crops(self, frame: Path, width: int, height: int) -> list[_Crop]:
-        seq_dir = frame.parent.parent
-        gt_path = seq_dir / "gt" / f"{frame.stem}.txt"
-        bb_path = seq_dir / "bb" / f"{frame.stem}.txt"
-        for path, what in ((gt_path, "keypoint"), (bb_path, "box")):
-            if not path.is_file():
-                raise BadSourceRecord(f"the {what} file {path} is missing", file=str(frame))
+        gt_path = frame.parent.parent / "gt" / f"{frame.stem}.txt"
+        if not gt_path.is_file():
+            raise BadSourceRecord(f"the keypoint file {gt_path} is missing", file=str(frame))
         keypoints = _read_keypoints(gt_path)
-        return [self._crop(inst, box, keypoints.get(inst, []), width, height) for inst, box in _read_boxes(bb_path)]
+        bb_path = _box_path(frame)
+        boxes = _read_boxes(bb_path) if bb_path.is_file() else _boxes_from_keypoints(keypoints, width, height)
+        return [self._crop(inst, box, keypoints.get(inst, []), width, height) for inst, box in boxes]
 
     def _crop(self, instance: int, box: tuple[float, ...], kps: list[_Keypoint], width: int, height: int) -> _Crop:
         x1, y1 = max(0.0, box[0]), max(0.0, box[1])
@@ -219,6 +235,33 @@ class CarfusionPacker(Packer):
 
 
 # -- annotation files ------------------------------------------------------------------
+def _box_path(frame: Path) -> Path:
+    return frame.parent.parent / "bb" / f"{frame.stem}.txt"
+
+
+def _boxes_from_keypoints(
+    keypoints: dict[int, list[_Keypoint]], width: int, height: int
+) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """(instance id, box) per instance, by id, for a frame without a box file.
+
+    As CarFusion's converter: the bounding box of the instance's labelled keypoints
+    (visibility 1..3, all 14 slots) inside the image, grown by :data:`KEYPOINT_BOX_PAD`
+    on every side and clamped to the image. An instance with no such keypoint gets no
+    box; one with a single point gets an empty box, which ``min_box_size`` skips.
+    """
+    boxes: list[tuple[int, tuple[float, float, float, float]]] = []
+    for instance in sorted(keypoints):
+        usable = [k for k in keypoints[instance] if k.visibility > 0 and 0 <= k.x < width and 0 <= k.y < height]
+        if not usable:
+            continue
+        xs, ys = [k.x for k in usable], [k.y for k in usable]
+        x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        pad_x, pad_y = KEYPOINT_BOX_PAD * (x2 - x1), KEYPOINT_BOX_PAD * (y2 - y1)
+        x1, y1 = max(0.0, x1 - pad_x), max(0.0, y1 - pad_y)
+        boxes.append((instance, (x1, y1, min(float(width), x2 + pad_x), min(float(height), y2 + pad_y))))
+    return boxes
+
+
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) of every non-blank line."""
     try:
