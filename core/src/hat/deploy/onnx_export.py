@@ -26,6 +26,7 @@ import torch
 from onnx import numpy_helper
 from torch.overrides import TorchFunctionMode
 
+from hat.console import is_quiet
 from hat.deploy.errors import ExportError
 from hat.deploy.files import atomic_write_bytes
 from hat.deploy.node_names import module_path_of
@@ -219,6 +220,7 @@ def _trace(
                 warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
             # Quantizers read their frozen scales as Python numbers: constants in the graph, as intended.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            _quiet_exporter_warnings()
             torch.onnx.export(
                 wrapper,
                 tuple(inputs[k] for k in keys),
@@ -240,6 +242,23 @@ def _trace(
     proto = onnx.load_from_string(buffer.getvalue())
     rename_to_module_paths(proto.graph, wrapper, strip=_WRAPPED, keep=set(keys) | set(output_names), calls=calls)
     return proto
+
+
+def _quiet_exporter_warnings() -> None:
+    """Inside the caller's ``catch_warnings``: drop what torch.onnx says that no user can act on.
+
+    "Constant folding - Only steps=1 can be constant folded ... not applied" (and its
+    siblings for Slice, Squeeze, Range) means an op stays in the graph to be computed at
+    run time instead of at export: the graph is still correct, onnxruntime folds such
+    constants itself when it optimizes the session, and nothing in a HAT config changes
+    it. So they are always dropped. Under ``--quiet`` every other UserWarning raised from
+    inside torch during the export is dropped too: the user asked for errors and results
+    only, and the warnings that change what a user should do are HAT's own
+    (:func:`hat.console.warn`, shown even then).
+    """
+    warnings.filterwarnings("ignore", message=r"Constant folding - ", category=UserWarning)
+    if is_quiet():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
 
 
 def _op_in_message(message: str) -> str | None:
