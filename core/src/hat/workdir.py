@@ -121,13 +121,39 @@ def check_model_name(opt_level: int) -> str:
     return f"check.opt{opt_level}.onnx"
 
 
+def is_default_work_dir(work_dir: Path | str, config_name: str | None = None) -> bool:
+    """Whether a stage command run without ``--work-dir`` would write to ``work_dir``.
+
+    With ``config_name``: ``work_dir`` is ``hat-work/<config name>`` (either spelled
+    relative to the current directory or resolved). Without it, only the shape is known:
+    a folder right under ``hat-work/``.
+    """
+    work_dir = Path(work_dir)
+    if config_name:
+        default = default_work_dir(config_name)
+        return work_dir == default or work_dir.resolve() == default.resolve()
+    return len(work_dir.parts) == 2 and work_dir.parts[0] == DEFAULT_ROOT
+
+
+def command_for(task: str, command: str, work_dir: Path | str | None = None, config_name: str | None = None) -> str:
+    """``hat <command> <task> [options] [--work-dir W]``: the command a hint tells the user to run.
+
+    ``command`` is the subcommand and its options (``"export"``, ``"train --stage
+    calibration"``). A hint that drops ``--work-dir`` sends the user's next command to
+    the default work dir, where it does the work again or finds nothing, so the work dir
+    is named whenever it is not the default one (see :func:`is_default_work_dir`).
+    """
+    verb, _, options = command.partition(" ")
+    text = f"hat {verb} {task}" + (f" {options}" if options else "")
+    if work_dir is not None and not is_default_work_dir(work_dir, config_name):
+        text += f" --work-dir {work_dir}"
+    return text
+
+
 def command_that_makes(path: Path, task: str) -> str | None:
     """The `hat` command that writes checkpoint ``path``, judged by its file name."""
     path = Path(path)
     match = _CHECKPOINT_NAME.match(path.name)
     if not match:
         return None
-    command = f"hat train {task} --stage {match.group(1)}"
-    if path.parent.parts[:1] != (DEFAULT_ROOT,):  # not the default work dir: say which one
-        command += f" --work-dir {path.parent}"
-    return command
+    return command_for(task, f"train --stage {match.group(1)}", path.parent)

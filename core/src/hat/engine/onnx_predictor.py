@@ -23,6 +23,7 @@ from hat.errors import UserError
 from hat.metrics import Metric
 from hat.postprocess import PostProcessFn, apply_post_process, reset_post_process
 from hat.registry import register_type
+from hat.workdir import EXPORTED_MODEL, command_for, export_dir
 
 
 class OnnxModel:
@@ -101,11 +102,19 @@ class OnnxPredictor(LoopRunner):
         self.threads = threads
 
     def onnx_model(self, ctx: RunContext) -> OnnxModel:
+        """The model, once checked to be the one `hat export` recorded in the export.json beside it.
+
+        The work dir's own ``export/model.onnx`` needs its export.json; any other
+        ``model_path`` with none beside it (a model the config points at outside any
+        export) runs unchecked: there is nothing to check it against.
+        """
+        from hat.deploy.files import verified_export
+
+        remedy = command_for(ctx.task, "export", ctx.work_dir, ctx.config_name or None)
         if not self.model_path.is_file():
-            raise UserError(
-                f"no exported model at {self.model_path}",
-                hint=f"run `hat export {ctx.task}` first",
-            )
+            raise UserError(f"no exported model at {self.model_path}", hint=f"run `{remedy}` first")
+        own = export_dir(ctx.work_dir) / EXPORTED_MODEL
+        verified_export(self.model_path, remedy=remedy, required=self.model_path.resolve() == own.resolve())
         name = self.backend or compile_backend_name(ctx.config)
         if name not in ctx.compile_backends:
             raise UserError(

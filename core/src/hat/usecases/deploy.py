@@ -44,6 +44,11 @@ def export_dir(stage_cfg: StageConfig) -> Path:
     return workdir.export_dir(stage_cfg.work_dir)
 
 
+def hint_command(stage_cfg: StageConfig, command: str) -> str:
+    """``hat <command> TASK ... [--work-dir W]`` for this work dir (see :func:`hat.workdir.command_for`)."""
+    return workdir.command_for(stage_cfg.task, command, stage_cfg.work_dir, stage_cfg.config.name)
+
+
 def choose_stage(stage_cfg: StageConfig, stage: str | None) -> str:
     """``stage`` if given, else the newer of the qat and calibration best checkpoints."""
     if stage is not None:
@@ -60,7 +65,7 @@ def choose_stage(stage_cfg: StageConfig, stage: str | None) -> str:
         raise UserError(
             f"nothing to export: the model was never calibrated (no calibration or qat checkpoint in "
             f"{stage_cfg.work_dir})",
-            hint=f"run `hat train {stage_cfg.task} --stage calibration` first",
+            hint=f"run `{hint_command(stage_cfg, 'train --stage calibration')}` first",
         )
     return max(found)[1]
 
@@ -114,7 +119,8 @@ def float_model(stage_cfg: StageConfig, host: PluginHost | None = None) -> torch
 
 
 def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | None = None) -> Exported:
-    """Write export/model.onnx (int8 QDQ), model.float.onnx and export.json."""
+    """Write export/model.onnx (int8 QDQ), model.float.onnx and export.json (with both files' hashes)."""
+    from hat.deploy.files import RECORDED_FILES, file_record
     from hat.deploy.onnx_export import export_float_onnx, export_onnx
 
     host = host or get_host()
@@ -123,7 +129,7 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     opset = int(settings.get("opset", 17))
     target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
-    _check_trained_target(checkpoints, target.name, stage_cfg.task)
+    _check_trained_target(checkpoints, target.name, stage_cfg)
     remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
     out = export_dir(stage_cfg)
     info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
@@ -133,6 +139,8 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
         "config": stage_cfg.config.name,
         "source_checkpoint": [str(p) for p in checkpoints],
         "float_model": str(float_info.path),
+        # what every later reader checks the models against (hat.deploy.files.verified_export)
+        RECORDED_FILES: {path.name: file_record(path) for path in (info.path, float_info.path)},
     }
     info.write_json(out / workdir.EXPORT_INFO, **extra)
     for warning in info.warnings:
@@ -140,7 +148,7 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     return Exported(stage, info.path, float_info.path, {**info.to_dict(), **extra})
 
 
-def _check_trained_target(checkpoints: list[Path], target: str, task: str) -> None:
+def _check_trained_target(checkpoints: list[Path], target: str, stage_cfg: StageConfig) -> None:
     """The checkpoint being exported was calibrated / trained for the target it is exported for.
 
     Weight ranges are part of what calibration and QAT optimise; exporting a model for
@@ -154,20 +162,37 @@ def _check_trained_target(checkpoints: list[Path], target: str, task: str) -> No
             continue
         trained = target_name_of(payload["config"])
         if trained != target:
+            retrain = hint_command(stage_cfg, f"train --stage {payload['stage']} --set deploy_target={target}")
             raise UserError(
                 f"{path} was {payload['stage']}-trained for deploy target {trained!r}, "
                 f"but this export is for {target!r}",
-                hint=f"export with --set deploy_target={trained}, or re-run `hat train {task} --stage "
-                f"{payload['stage']} --set deploy_target={target}` first",
+                hint=f"export with --set deploy_target={trained}, or re-run `{retrain}` first",
             )
 
 
 def _exported(stage_cfg: StageConfig) -> tuple[Path, Path, dict[str, Any]]:
+    """export/model.onnx, model.float.onnx and export.json, each checked to be what export wrote.
+
+    The float model is optional (compile measures it when present), but when present it
+    must match too: a foreign float model would make the reported speed-up meaningless.
+    """
     out = export_dir(stage_cfg)
-    model, meta = out / workdir.EXPORTED_MODEL, out / workdir.EXPORT_INFO
-    if not model.is_file() or not meta.is_file():
-        raise UserError(f"no exported model in {out}", hint=f"run `hat export {stage_cfg.task}` first")
-    return model, out / workdir.FLOAT_MODEL, json.loads(meta.read_text())
+    model, float_path = out / workdir.EXPORTED_MODEL, out / workdir.FLOAT_MODEL
+    if not model.is_file() or not (out / workdir.EXPORT_INFO).is_file():
+        raise UserError(f"no exported model in {out}", hint=f"run `{hint_command(stage_cfg, 'export')}` first")
+    meta = verify_exported(stage_cfg, model)
+    if float_path.is_file():
+        verify_exported(stage_cfg, float_path)
+    return model, float_path, meta
+
+
+def verify_exported(stage_cfg: StageConfig, path: Path) -> dict[str, Any]:
+    """:func:`hat.deploy.files.verified_export` with this work dir's re-export command; returns export.json."""
+    from hat.deploy.files import verified_export
+
+    info = verified_export(path, remedy=hint_command(stage_cfg, "export"))
+    assert info is not None  # required=True: a missing export.json is an error
+    return info
 
 
 def _compile_settings(stage_cfg: StageConfig, **given: Any) -> dict[str, Any]:
@@ -273,6 +298,7 @@ def check(
     settings = _compile_settings(stage_cfg, opt=opt)
     backend = _backend(settings["backend"], host)
     level = int(settings["opt"])
+    verify_exported(stage_cfg, exported.onnx_path)  # just written; no other run replaced it since
     compiled = backend.compile(exported.onnx_path, level, export_dir(stage_cfg) / workdir.check_model_name(level))
     feeds = _example_feeds(exported.info)
     backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)

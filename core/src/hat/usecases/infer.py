@@ -76,6 +76,7 @@ def run_infer(
     ``options`` are the task's options (see the module docstring); one the inferer does
     not declare, or a path option naming no file, is a :class:`UserError`.
     """
+    from hat.deploy.files import verified_export
     from hat.engine.onnx_predictor import OnnxModel
     from hat.inferer import ImageFileError
 
@@ -93,8 +94,10 @@ def run_infer(
         raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     inputs = collect_inputs(inputs)
     path = workdir.export_dir(stage_cfg.work_dir) / MODELS[model]
+    remedy = workdir.command_for(stage_cfg.task, "export", stage_cfg.work_dir, stage_cfg.config.name)
     if not path.is_file():
-        raise UserError(f"no exported model at {path}", hint=f"run `hat export {stage_cfg.task}` first")
+        raise UserError(f"no exported model at {path}", hint=f"run `{remedy}` first")
+    verified_export(path, remedy=remedy)  # the model export wrote, not a file copied over it
     save_path = Path(save_path)
     try:
         save_path.mkdir(parents=True, exist_ok=True)
