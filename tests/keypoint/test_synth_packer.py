@@ -196,8 +196,10 @@ def test_malformed_lines_name_file_and_line(
 
 def test_missing_annotation_file_is_a_bad_record_on_the_image(tmp_path: Path) -> None:
     frame = write_frame(tmp_path, "1_00000", ["1,2,3,1,2"], ["0,0,50,50,1"])
-    (frame.parent.parent / "bb" / "1_00000.txt").unlink()
-    with pytest.raises(BadSourceRecord, match="box file .* is missing") as info:
+    # a missing box file is no longer an error (the box comes from the keypoints);
+    # a missing keypoint file still is
+    (frame.parent.parent / "gt" / "1_00000.txt").unlink()
+    with pytest.raises(BadSourceRecord, match="keypoint file .* is missing") as info:
         list(CarfusionPacker(tmp_path, "train").pack_record(frame))
     assert info.value.where == str(frame)
 

@@ -244,7 +244,7 @@ def pack_command(
     if summary.num_skipped:
         console.err.print(f"[yellow]skipped {summary.num_skipped} bad record(s):[/yellow]")
         for line in summary.skipped[:20]:
-            console.err.print(f"  {line}", markup=False)
+            console.err.print(f"  {line}", markup=False, soft_wrap=True)
         if summary.num_skipped > 20:
             console.err.print(f"  ... and {summary.num_skipped - 20} more")
 
