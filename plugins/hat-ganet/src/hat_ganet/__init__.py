@@ -1,0 +1,1 @@
+"""hat-ganet: lane detection on CULane (GANet with a MixVarGENet backbone)."""

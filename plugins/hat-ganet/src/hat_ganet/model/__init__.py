@@ -1,0 +1,1 @@
+"""GANet model parts: neck, head, targets, losses and the decoder."""
