@@ -6,5 +6,6 @@ Plugins build their task models from these; core registers the configurable ones
 
 from hat.models.efficientnet import EfficientNet
 from hat.models.layers import ConvBNAct, make_activation
+from hat.models.mixvargenet import MixVarGENet
 
-__all__ = ["ConvBNAct", "EfficientNet", "make_activation"]
+__all__ = ["ConvBNAct", "EfficientNet", "MixVarGENet", "make_activation"]
