@@ -341,3 +341,25 @@ def test_photometric_transforms_change_only_pixels_reproducibly(transform) -> No
     assert a["lanes"] is sample["lanes"] and a["img2orig"] is sample["img2orig"]
     skipped = type(transform)(**{**{k: getattr(transform, k) for k in transform._repr_fields}, "p": 0.0})
     assert np.array_equal(skipped(sample, np.random.default_rng(3))["img"], sample["img"])
+
+
+def test_the_recipe_pipeline_on_a_synthetic_frame(packed: Path) -> None:
+    train = [
+        LaneFixedCrop(),
+        LaneRandomFlip(p=0.5),
+        LaneResize((320, 800)),
+        OneOf([RGBShift(), HueSaturationValue()], p=0.7),
+        JPEGCompress(p=0.2),
+        OneOf([MeanBlur(), MedianBlur()], p=0.2),
+        RandomBrightnessContrast(p=0.5),
+        LaneShiftScaleRotate(p=0.6),
+        LaneRandomResizedCrop(p=0.6),
+        ToTensor(to_yuv=True),
+        Normalize(128.0, 128.0),
+    ]
+    ds = CulanePackData(str(packed / "train_lmdb"), train, seed=0)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["img"].shape == (3, 320, 800) and item["img2orig"].dtype == np.float32
+        assert_maps_back(item["lanes"], item["img2orig"], item["lanes_orig"])
+        assert all(len(lane) >= 2 for lane in item["lanes"])
