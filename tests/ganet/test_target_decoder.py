@@ -237,3 +237,25 @@ def test_oracle_ground_truth_through_targets_and_decoder_scores_f1_above_0_99():
     assert out["TP"] + out["FN"] == n_lanes
     assert out["F1"] >= 0.99, out
     assert out["F1/normal"] == out["F1"]
+
+
+def test_oracle_through_the_validation_transforms_and_their_img2orig():
+    """The same oracle with the data side's own crop and resize: their img2orig undoes them."""
+    from hat_ganet.transforms import LaneFixedCrop, LaneResize
+
+    rng = np.random.default_rng(7)
+    crop, resize, target = LaneFixedCrop(), LaneResize(), GANetTarget()
+    frames = [synthetic_frame(rng) for _ in range(8)]
+    samples = []
+    for lanes in frames:
+        s = {"img": np.zeros((590, 1640, 3), np.uint8), "lanes": lanes, "img2orig": np.eye(3, dtype=np.float32)}
+        samples.append(target(resize(crop(s, rng), rng), rng))
+    assert samples[0]["img"].shape[:2] == (NET_H, NET_W)
+    assert np.allclose(samples[0]["img2orig"], IMG2ORIG, atol=1e-4)
+    batch = {
+        "img2orig": torch.from_numpy(np.stack([s["img2orig"] for s in samples])),
+        "lanes_orig": [[torch.from_numpy(g) for g in lanes] for lanes in frames],
+    }
+    metric = CulaneF1()
+    metric.update(batch, GANetPostProcess()(cat_outputs([oracle_outputs(s) for s in samples]), batch))
+    assert metric.compute()["F1"] >= 0.99
