@@ -1,8 +1,8 @@
-"""hat-ganet's tests; the plugin's source is put on the path until it is installed."""
+"""A plugin host with hat-ganet alone (no installed entry points), for tests that build its configs."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-SRC = Path(__file__).resolve().parents[2] / "plugins" / "hat-ganet" / "src"
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+from hat.testing import host_fixture
+
+ganet_host = host_fixture("hat_ganet.plugin", "hat-ganet")
+ganet_module_host = host_fixture("hat_ganet.plugin", "hat-ganet", scope="module")

@@ -32,6 +32,8 @@ class GANetNeck(nn.Module):
         in_channels: channels of the backbone maps, finest first (MixVarGENet: 64, 96, 160).
         channels: width of the attention block and of every FPN level (32).
         key_channels: query/key channels of the attention (8).
+        attention_size: the coarsest map's size at the deploy input (10x25 at 320x800), so
+            the attention's position embedding is built once at the size it runs at.
         bn_kwargs: BatchNorm overrides for the attention's and the FPN's convs.
 
     ``forward(features)`` returns one ``channels`` map per input, finest first, at the
@@ -43,6 +45,7 @@ class GANetNeck(nn.Module):
         in_channels: Sequence[int] = (64, 96, 160),
         channels: int = 32,
         key_channels: int = 8,
+        attention_size: Sequence[int] = (10, 25),
         bn_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -51,7 +54,13 @@ class GANetNeck(nn.Module):
             raise ValueError(f"GANetNeck needs at least two backbone maps, got in_channels {in_channels}")
         self.in_channels = in_channels
         self.out_channels = channels
-        self.attention = NonLocalAttention(in_channels[-1], channels, key_channels, bn_kwargs=bn_kwargs)
+        self.attention = NonLocalAttention(
+            in_channels[-1],
+            channels,
+            key_channels,
+            feature_size=(int(attention_size[0]), int(attention_size[1])),
+            bn_kwargs=bn_kwargs,
+        )
         self.fpn = FPN([*in_channels[:-1], channels], channels, upsample_mode="bilinear", bn_kwargs=bn_kwargs)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
