@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 
 import numpy as np
@@ -14,10 +13,8 @@ import torch
 from hat.deploy import OnnxRuntimeBackend, analyze, export_onnx
 from hat.deploy.compare import share_within_one_step
 from hat.models.mixvargenet import MixVarGENet
-from hat.quant.modes import calibration_mode
-from hat.quant.prepare import convert, freeze
-from hat.quant.qconfig import QConfig
 from hat.registry import Registry
+from hat.testing import fixed_point
 from hat_ganet.model import ganet, head, neck
 from hat_ganet.model.ganet import OUTPUT_NAMES, GANet
 from hat_ganet.model.head import GANetHead
@@ -129,17 +126,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
         for seed in range(2):
             model(images(seed, batch=4)["img"])
         model.neck.attention.gamma.fill_(0.5)
-    model.eval()
-    qmodel, report = convert(copy.deepcopy(model), QConfig())
-    qmodel.eval()
-    with torch.no_grad(), calibration_mode(qmodel):
-        for seed in range(2):
-            qmodel(images(10 + seed, batch=2))
     x = images(99)
-    with torch.no_grad():
-        qmodel(x)
-        freeze(qmodel)
-        simulated = qmodel(x)
+    qmodel, report, simulated = fixed_point(model, (images(10 + seed, batch=2) for seed in range(2)), x)
     path = tmp_path_factory.mktemp("ganet") / "model.onnx"
     info = export_onnx(qmodel, x, path)
     optimized = OnnxRuntimeBackend().compile(path, 3, path.with_suffix(".opt3.onnx"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from hat.quant.modes import calibration_mode
 from hat.quant.prepare import ConversionReport, convert, freeze
 from hat.quant.qconfig import QConfig
 from hat.registry import Registry
+from hat.testing import fixed_point
 
 B0_CHANNELS = (40, 112, 320)  # EfficientNet-b0 at strides 8, 16, 32
 STRIDES = [8, 16, 32, 64, 128]
@@ -237,17 +237,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     with torch.no_grad():
         for seed in range(3):
             model(neck_batch(seed, batch=4))
-    model.eval()
-    qmodel, report = convert(copy.deepcopy(model), QConfig())
-    qmodel.eval()
-    with torch.no_grad(), calibration_mode(qmodel):
-        for seed in range(3):
-            qmodel(neck_batch(10 + seed, batch=2))
     x = neck_batch(99)
-    with torch.no_grad():
-        qmodel(x)  # records each conv's input grid for its bias
-        freeze(qmodel)
-        simulated = qmodel(x)
+    qmodel, report, simulated = fixed_point(model, (neck_batch(10 + seed, batch=2) for seed in range(3)), x)
     path = tmp_path_factory.mktemp("bifpn") / "neck.onnx"
     info = export_onnx(qmodel, x, path)
     scales = {o["name"]: float(o["scale"]) for o in info.outputs}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -22,10 +21,9 @@ from hat.models import MixVarGENet, mixvargenet
 from hat.models.mixvargenet import STAGES, MixVarGEBlock
 from hat.quant import DeQuantStub, FloatFunctional, QuantStub
 from hat.quant import qmodules as Q
-from hat.quant.modes import calibration_mode
-from hat.quant.prepare import ConversionReport, convert, freeze
-from hat.quant.qconfig import QConfig
+from hat.quant.prepare import ConversionReport
 from hat.registry import Registry
+from hat.testing import fixed_point
 
 #: Ops that compute in float: none may survive onnxruntime's QDQ fusion.
 FLOAT_COMPUTE = {"Conv", "FusedConv", "Add", "Sum", "Mul", "Div", "MatMul", "Gemm", "ConvTranspose", "Relu"}
@@ -275,17 +273,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     with torch.no_grad():
         for seed in range(3):
             model(images(seed, batch=4))
-    model.eval()
-    qmodel, report = convert(copy.deepcopy(model), QConfig())
-    qmodel.eval()
-    with torch.no_grad(), calibration_mode(qmodel):
-        for seed in range(3):
-            qmodel(images(10 + seed, batch=2))
     x = images(99)
-    with torch.no_grad():
-        qmodel(x)  # records each conv's input grid for its bias
-        freeze(qmodel)
-        simulated = qmodel(x)
+    qmodel, report, simulated = fixed_point(model, (images(10 + seed, batch=2) for seed in range(3)), x)
     path = tmp_path_factory.mktemp("mixvargenet") / "backbone.onnx"
     export_onnx(qmodel, x, path)
     return Exported(model, qmodel, report, path, onnx.load(str(path)), x, simulated)

@@ -179,6 +179,36 @@ def check_plugin(
     return result
 
 
+def fixed_point(model: Any, calibration_inputs: Iterable[Any], example: Any) -> tuple[Any, Any, Any]:
+    """A float model as the int8 pipeline makes it, for a block's own tests.
+
+    Converts a copy (the default QConfig), calibrates it on ``calibration_inputs``, runs
+    ``example`` once (which records each conv's input grid for its bias), freezes it to
+    fixed point and runs ``example`` again. Returns ``(qmodel, report, simulated)``: the
+    frozen model, the conversion report (what was left float) and its output on
+    ``example``, ready for ``hat.deploy.onnx_export.export_onnx(qmodel, example, path)``.
+    """
+    import copy
+
+    import torch
+
+    from hat.quant.modes import calibration_mode
+    from hat.quant.prepare import convert, freeze
+    from hat.quant.qconfig import QConfig
+
+    model.eval()
+    qmodel, report = convert(copy.deepcopy(model), QConfig())
+    qmodel.eval()
+    with torch.no_grad(), calibration_mode(qmodel):
+        for inputs in calibration_inputs:
+            qmodel(inputs)
+    with torch.no_grad():
+        qmodel(example)
+        freeze(qmodel)
+        simulated = qmodel(example)
+    return qmodel, report, simulated
+
+
 def _marked_objects(package: str) -> list[str]:
     root = importlib.import_module(package)
     names: list[str] = []
