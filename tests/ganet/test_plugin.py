@@ -71,6 +71,15 @@ def test_the_demo_runs_every_stage_and_reports_f1(demo) -> None:
     assert report["int8_flops_share"] > 0.99
     predicted = json.loads((work / "predict" / "int_infer.json").read_text())["metrics"]
     assert {"F1/normal", "F1/night", "FP/cross"} <= set(predicted)
+    # every test frame's prediction as CULane .lines.txt, in the dataset's layout
+    lines = sorted((work / "predict" / "int_infer").rglob("*.lines.txt"))
+    test_list = (work / "raw" / "list" / "test.txt").read_text().split()
+    assert len(lines) == len([f for f in test_list if f.endswith(".jpg")]) > 0
+    assert len(list((work / "predict" / "float").rglob("*.lines.txt"))) == len(lines)  # the torch predictor too
+    for path in lines:
+        for row in path.read_text().splitlines():
+            values = [float(v) for v in row.split()]
+            assert len(values) % 2 == 0 and len(values) >= 4
     assert len(report["pictures"]) == 3
     for picture in report["pictures"]:
         image = cv2.imread(picture)

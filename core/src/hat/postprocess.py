@@ -93,3 +93,10 @@ def check_post_process(post_process: PostProcessFn | None, model: torch.nn.Modul
 def apply_post_process(post_process: PostProcessFn | None, outputs: Outputs, batch: Any) -> Any:
     """``post_process(outputs, batch)``, or the outputs unchanged without a post-process."""
     return outputs if post_process is None else post_process(outputs, batch)
+
+
+#: ``writer(predictions, batch, out_dir)``: a predictor's optional hook that writes each
+#: batch's predictions in a task's own file format (e.g. CULane ``.lines.txt``) under
+#: ``<work-dir>/predict/<stage>/``, for evaluators outside HAT. Core calls it after the
+#: post-process, on every rank's batches, the same for the torch and ONNX predictors.
+PredictionWriter = Callable[[Predictions, Any, Any], None]

@@ -17,11 +17,11 @@ import torch
 
 from hat.deploy.compile_backend import compile_backend_name
 from hat.engine.context import RunContext
-from hat.engine.predictor import write_prediction
+from hat.engine.predictor import prediction_hook, write_prediction
 from hat.engine.runner import LoopRunner, batch_size_of
 from hat.errors import UserError
 from hat.metrics import Metric
-from hat.postprocess import PostProcessFn, apply_post_process, reset_post_process
+from hat.postprocess import PostProcessFn, PredictionWriter, apply_post_process, reset_post_process
 from hat.registry import register_type
 from hat.workdir import EXPORTED_MODEL, command_for, export_dir
 
@@ -89,11 +89,14 @@ class OnnxPredictor(LoopRunner):
         opt_level: int = 3,
         threads: int = 1,
         backend: str | None = None,
+        prediction_writer: PredictionWriter | None = None,
     ) -> None:
         """``backend``: the compilation backend that runs the model; by default the one the
-        config's ``compile.backend`` names, so int_infer measures what `hat compile` compiles."""
+        config's ``compile.backend`` names, so int_infer measures what `hat compile` compiles.
+        ``prediction_writer``: as the torch Predictor's."""
         super().__init__(torch.nn.Identity(), None, (), metrics, "cpu", post_process)
         self.backend = backend
+        self.prediction_writer = prediction_writer
         self.model_path = Path(model_path)
         self.data_loader_cfg = data_loader
         self.inputs = inputs
@@ -137,12 +140,15 @@ class OnnxPredictor(LoopRunner):
         for metric in self.val_metrics:
             metric.reset()
         reset_post_process(self.post_process)
+        write = prediction_hook(self.prediction_writer, ctx)
         samples = 0
         with self.progress(f"predict {ctx.stage} (onnxruntime)", len(loader)):
             for batch in loader:
                 outputs = apply_post_process(self.post_process, model(batch), batch)
                 for metric in self.val_metrics:
                     metric.update(batch, outputs)
+                if write is not None:
+                    write(outputs, batch)
                 samples += batch_size_of(batch)
                 self.advance()
         metrics: dict[str, float] = {}

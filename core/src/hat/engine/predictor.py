@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from hat.engine.context import RunContext
 from hat.engine.converters import ModelConvertPipeline
 from hat.engine.runner import LoopRunner, evaluate
 from hat.metrics import Metric
-from hat.postprocess import PostProcessFn
+from hat.postprocess import PostProcessFn, PredictionWriter
 from hat.registry import register_type
 from hat.workdir import prediction_path
 
@@ -32,10 +33,14 @@ class Predictor(LoopRunner):
         device: str | None = None,
         log_interval: int | None = None,
         post_process: PostProcessFn | None = None,
+        prediction_writer: PredictionWriter | None = None,
     ) -> None:
+        """``prediction_writer(predictions, batch, out_dir)`` also writes every batch's
+        predictions in the task's own format under ``<work-dir>/predict/<stage>/``."""
         super().__init__(model, model_convert_pipeline, callbacks, metrics, device, post_process)
         self.data_loader_cfg = data_loader
         self.batch_processor = batch_processor
+        self.prediction_writer = prediction_writer
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Evaluate; writes ``<work-dir>/predict/<stage>.json`` and prints a table."""
@@ -51,10 +56,23 @@ class Predictor(LoopRunner):
                 batch_processor=self.batch_processor,
                 on_batch=self.advance,
                 post_process=self.post_process,
+                on_predictions=prediction_hook(self.prediction_writer, ctx),
             )
         result = write_prediction(ctx, metrics, samples)
         self.log.write({"event": "predict", "samples": samples, **metrics})
         return result
+
+
+def prediction_hook(writer: PredictionWriter | None, ctx: RunContext) -> Callable[[Any, Any], None] | None:
+    """``writer`` bound to ``<work-dir>/predict/<stage>/`` (emptied first, so files of an
+    earlier run never mix with this one's), or None without a writer."""
+    if writer is None:
+        return None
+    out_dir = prediction_path(ctx.work_dir, ctx.stage).with_suffix("")
+    if distributed.is_main() and out_dir.exists():
+        shutil.rmtree(out_dir)
+    distributed.barrier()
+    return lambda predictions, batch: writer(predictions, batch, out_dir)
 
 
 def write_prediction(ctx: RunContext, metrics: dict[str, float], samples: int) -> dict[str, Any]:

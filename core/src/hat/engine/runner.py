@@ -135,14 +135,16 @@ def evaluate(
     max_batches: int | None = None,
     on_batch: Any = None,
     post_process: PostProcessFn | None = None,
+    on_predictions: Any = None,
 ) -> tuple[dict[str, float], int]:
     """Run ``model`` in eval mode over ``loader``; returns (metrics over all ranks, samples).
 
     The model's raw outputs go through ``post_process(outputs, batch)`` (reset once,
     before the first batch) and the metrics read its predictions: the same decoding the
     ONNX predictor and the inferer use. ``on_batch()`` is called after each batch
-    (progress). The model's train/eval mode is restored afterwards, because validation
-    happens in the middle of training.
+    (progress), ``on_predictions(predictions, batch)`` after the metrics saw them (a
+    predictor's prediction writer). The model's train/eval mode is restored afterwards,
+    because validation happens in the middle of training.
     """
     from hat.engine.processors import move_to
 
@@ -165,6 +167,8 @@ def evaluate(
                 outputs = apply_post_process(post_process, outputs, batch)
                 for metric in metrics:
                     metric.update(batch, outputs)
+                if on_predictions is not None:
+                    on_predictions(outputs, batch)
                 samples += batch_size_of(batch)
                 if on_batch is not None:
                     on_batch()

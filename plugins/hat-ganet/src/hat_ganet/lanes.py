@@ -17,12 +17,14 @@ Both use scipy's ``CubicSpline(bc_type="natural")``; scipy is pinned in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from scipy.interpolate import CubicSpline
+
+from hat.registry import register_type
 
 LaneLike = Any  # (N, 2) array or tensor, or a flat [x1, y1, x2, y2, ...] sequence
 
@@ -138,3 +140,14 @@ def write_culane_lines(pred_lanes: Sequence[LaneLike], file: str, out_dir: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(culane_lines_text(pred_lanes))
     return path
+
+
+@register_type("CulaneLinesWriter")
+class CulaneLinesWriter:
+    """The predictors' prediction writer (``prediction_writer`` in the config): every frame's
+    predicted lanes as CULane ``.lines.txt`` under ``<work-dir>/predict/<stage>/``, in the
+    dataset's own layout, so CULane's official C++ evaluator runs on them unchanged."""
+
+    def __call__(self, predictions: Mapping[str, Any], batch: Mapping[str, Any], out_dir: Path) -> None:
+        for lanes, file in zip(predictions["pred_lanes"], batch["file"], strict=True):
+            write_culane_lines(lanes, file, out_dir)
