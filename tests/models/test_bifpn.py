@@ -25,6 +25,7 @@ from hat.quant.prepare import ConversionReport, convert, freeze
 from hat.quant.qconfig import QConfig
 from hat.registry import Registry
 from hat.testing import fixed_point
+from tests.models.ort_run import run_ort
 
 B0_CHANNELS = (40, 112, 320)  # EfficientNet-b0 at strides 8, 16, 32
 STRIDES = [8, 16, 32, 64, 128]
@@ -243,15 +244,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     info = export_onnx(qmodel, x, path)
     scales = {o["name"]: float(o["scale"]) for o in info.outputs}
     return Exported(model, qmodel, report, path, onnx.load(str(path)), x, simulated, scales)
-
-
-def run_ort(path: Path, inputs: dict[str, torch.Tensor], level: ort.GraphOptimizationLevel) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {k: v.numpy() for k, v in inputs.items()}), strict=True))
 
 
 def test_neck_converts_with_nothing_left_float(exported: Exported) -> None:

@@ -24,6 +24,7 @@ from hat.quant import qmodules as Q
 from hat.quant.prepare import ConversionReport
 from hat.registry import Registry
 from hat.testing import fixed_point
+from tests.models.ort_run import run_ort
 
 #: Ops that compute in float: none may survive onnxruntime's QDQ fusion.
 FLOAT_COMPUTE = {"Conv", "FusedConv", "Add", "Sum", "Mul", "Div", "MatMul", "Gemm", "ConvTranspose", "Relu"}
@@ -278,15 +279,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     path = tmp_path_factory.mktemp("mixvargenet") / "backbone.onnx"
     export_onnx(qmodel, x, path)
     return Exported(model, qmodel, report, path, onnx.load(str(path)), x, simulated)
-
-
-def run_ort(path: Path, inputs: dict[str, torch.Tensor], level: ort.GraphOptimizationLevel) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {k: v.numpy() for k, v in inputs.items()}), strict=True))
 
 
 def test_converts_with_nothing_left_float(exported: Exported) -> None:
