@@ -100,3 +100,17 @@ def apply_post_process(post_process: PostProcessFn | None, outputs: Outputs, bat
 #: ``<work-dir>/predict/<stage>/``, for evaluators outside HAT. Core calls it after the
 #: post-process, on every rank's batches, the same for the torch and ONNX predictors.
 PredictionWriter = Callable[[Predictions, Any, Any], None]
+
+
+def keep_outside(model: torch.nn.Module, name: str, part: Any, *, deploy: bool) -> None:
+    """Set ``model.<name> = part`` (a loss, a target builder) as a plain attribute, not a
+    submodule, and ``None`` in the deploy model.
+
+    The task-model contract keeps losses out of the module tree: the quantizer never sees
+    them (no "left float" entries), and the state_dict is the network's alone, identical
+    with ``deploy`` on or off, so a training checkpoint loads into the export model. A
+    part with parameters would then silently never be saved, hence the error.
+    """
+    if isinstance(part, torch.nn.Module) and any(True for _ in part.parameters()):
+        raise ValueError(f"the {name} must not have parameters: it is kept outside the network's state")
+    object.__setattr__(model, name, None if deploy else part)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hat.postprocess import keep_outside
 from hat.quant import QuantStub
 from hat.registry import register_type
 from hat_fcos3d.model.head import flatten_outputs
@@ -71,12 +72,9 @@ class FCOS3D(nn.Module):
         self.neck = neck
         self.head = head
         self.deploy = deploy
-        if loss is not None and any(True for _ in loss.parameters()):
-            raise ValueError("the loss must not have parameters: it is kept outside the network's state")
         check_consistent(head, target)
-        # Plain attributes, not submodules (object.__setattr__ skips nn.Module's registration).
-        object.__setattr__(self, "target", None if deploy else target)
-        object.__setattr__(self, "loss", None if deploy else loss)
+        keep_outside(self, "target", target, deploy=deploy)
+        keep_outside(self, "loss", loss, deploy=deploy)
 
     def forward_raw(self, img: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """The network alone: ``{kind: [per-level maps]}`` (float, after the dequant stubs)."""

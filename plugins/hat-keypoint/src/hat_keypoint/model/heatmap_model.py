@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hat.postprocess import keep_outside
 from hat.quant import DeQuantStub, QuantStub
 from hat.registry import register_type
 
@@ -55,10 +56,7 @@ class HeatmapKeypointModel(nn.Module):
         self.decode_head = decode_head
         self.dequant = DeQuantStub()
         self.deploy = deploy
-        if loss is not None and any(True for _ in loss.parameters()):
-            raise ValueError("the loss must not have parameters: it is kept outside the network's state")
-        # A plain attribute, not a submodule (object.__setattr__ skips nn.Module's registration).
-        object.__setattr__(self, "loss", None if deploy else loss)
+        keep_outside(self, "loss", loss, deploy=deploy)
 
     def forward(self, batch: Mapping[str, Any] | torch.Tensor) -> dict[str, torch.Tensor]:
         img = batch if isinstance(batch, torch.Tensor) else batch["img"]
