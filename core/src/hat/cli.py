@@ -283,13 +283,15 @@ def train_command(
     stage_cfg = _stage_config(task, config, overrides, work_dir)
     try:
         state = stages.train(stage_cfg, stage, resume=resume)
+        global_step, metrics = state.global_step, dict(state.metrics)
+        del state  # holds the DDP model, which holds the process group (see distributed.shutdown)
         main_rank = distributed.is_main()
         distributed.barrier()  # leave together (see distributed.shutdown)
     finally:
         distributed.shutdown()
     if main_rank:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in state.metrics.items()) or "no validation metrics"
-        console.out.print(f"{stage} done after {state.global_step} steps: {shown}; checkpoints in {stage_cfg.work_dir}")
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) or "no validation metrics"
+        console.out.print(f"{stage} done after {global_step} steps: {shown}; checkpoints in {stage_cfg.work_dir}")
 
 
 @app.command("predict")

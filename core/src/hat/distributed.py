@@ -8,6 +8,7 @@ module whether it is rank 0 and reduces through it, so no other module touches
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -86,6 +87,13 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def shutdown() -> None:
     """Leave the process group. After a successful run call :func:`barrier` first: a rank
     that tears gloo down while another still talks to it can abort the run at the very end
-    (seen as SIGABRT in CI). After a failure do not wait: the other ranks may never come."""
+    (seen as SIGABRT in CI). After a failure do not wait: the other ranks may never come.
+
+    ``destroy_process_group`` only drops torch's own reference: DistributedDataParallel's
+    reducer keeps the gloo group alive, and a group that dies at interpreter exit kills
+    its worker threads mid-flight ("terminate called without an active exception",
+    SIGABRT, seen in CI). So the caller drops its references to the trained model first,
+    and we collect the reference cycles that may still hold it before destroying."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
