@@ -202,6 +202,8 @@ class WeightFakeQuant(torch.nn.Module):
         self.register_buffer("zero_point", torch.zeros(num_channels, dtype=torch.int32))
         #: Set by QAT2Quantize: the scales no longer follow the weights.
         self.frozen = False
+        #: Off: weights pass in float (per-layer sensitivity analysis keeps a layer float).
+        self.enabled = True
 
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
@@ -218,6 +220,8 @@ class WeightFakeQuant(torch.nn.Module):
         return weight.detach().abs().amax(dim=dims).float().clamp(min=1e-8)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
         if not self.frozen:
             if self.averaging_constant >= 1.0:
                 self.reset_scale(weight)
