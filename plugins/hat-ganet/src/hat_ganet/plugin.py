@@ -35,6 +35,7 @@ def hat_tasks() -> list[TaskSpec]:
                 dataset="culane",
                 metrics=("F1", "precision", "recall"),
                 splits=("train", "test"),
+                synth_options={"frames_per_video": 100},
                 infer_inputs=_demo_frames,
                 expected_seconds=600,
             ),
