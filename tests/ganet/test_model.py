@@ -151,12 +151,15 @@ def test_onnx_graph_is_int8_but_for_the_bilinear_resizes(exported) -> None:
 
 
 def test_onnxruntime_agrees_with_the_fixed_point_simulation(exported) -> None:
-    """The fused int8 kernels round each op exactly from their int8 inputs; where the
-    float32 simulation sits on a rounding boundary, a one-step difference spreads
-    through the ~25 later layers of an untrained network (the offsets' output steps are
-    small), so the outputs are compared by direction, and the share within one step is
-    checked where it is stable: the heatmap, and the neck alone in
-    tests/models/test_attention_fpn.py. At this seed the shares are 1.0 / 0.997 / 0.997."""
+    """The fused int8 kernels round each op exactly from their int8 inputs; the float32
+    simulation's sums depend on the conv kernel torch picks for the CPU, and where one sits
+    on a rounding boundary a one-step difference spreads through the ~25 later layers of an
+    untrained network (the offsets' output steps are small). So the outputs are compared by
+    direction, and the heatmap's steps are bounded loosely enough to hold on every CPU: on
+    an Intel Xeon (oneDNN kernels) all heatmap values are within one step; with oneDNN off
+    (torch's reference conv, as on the AMD EPYC where CI once saw 0.8875) 88% are, none
+    more than 3 steps apart. The neck alone is checked within one step in
+    tests/models/test_attention_fpn.py, and trained models by `hat validate`."""
     model, _, x, simulated, path, info, _ = exported
     scales = {o["name"]: float(o["scale"]) for o in info.outputs}
     options = ort.SessionOptions()
@@ -174,5 +177,7 @@ def test_onnxruntime_agrees_with_the_fixed_point_simulation(exported) -> None:
         assert outputs[name].shape == tuple(simulated[name].shape) and np.isfinite(outputs[name]).all()
         assert cosine(torch.from_numpy(outputs[name]), simulated[name]) > 0.99, name
         assert cosine(simulated[name], reference[name]) > 0.9, name  # the simulation tracks float
-    share = share_within_one_step(simulated["kpt_heatmap"].numpy(), outputs["kpt_heatmap"], scales["kpt_heatmap"])
-    assert share > 0.9, share
+    heatmap, step = simulated["kpt_heatmap"].numpy(), scales["kpt_heatmap"]
+    share = share_within_one_step(heatmap, outputs["kpt_heatmap"], step)
+    worst = np.abs(np.rint(heatmap / step) - np.rint(outputs["kpt_heatmap"] / step)).max()
+    assert share > 0.8 and worst <= 5, (share, worst)
