@@ -1,21 +1,33 @@
-"""Post-training quantization: HAT's calibration vs onnxruntime's ``quantize_static``, side by side.
+"""Post-training quantization: HAT's calibration vs onnxruntime's ``quantize_static`` and NNCF's ``quantize``.
 
-Both start from the same trained float model (``DIR/float-checkpoint-best.pth.tar`` of
-``hat demo keypoint --work-dir DIR``) and see the same calibration data: the first
-``--calib-batches`` batches of the config's ``calibration_loader`` (built with
-``hat.engine.loader.build_loader`` and the config's seed, the order HAT's calibrator
-reads them in).
+All start from the same trained float model (``DIR/float-checkpoint-best.pth.tar`` of
+``hat demo TASK --work-dir DIR``) and see the same calibration data: the batches HAT's
+calibrator reads, i.e. the first ``calibration_trainer.num_steps`` (``--calib-batches``)
+batches of ``calibration_trainer.data_loader``, built as the calibrator builds it
+(``hat.engine.loader.build_loader`` with the config's seed and ``train=True``) and read in
+its order (epoch 0's, then epoch 1's, ... when the loader holds fewer batches), split into
+batch-1 feeds for the peers.
 
-  HAT      ``stages.train(..., "calibration")`` with ``calibration_steps = --calib-batches``
-           and the percentile (``--percentile``) or min_max observer, each in its own work
-           dir under ``DIR/ptq/``, then ``commands.export``: its ``model.onnx``. The export
-           also writes ``model.float.onnx``, the float model both sides start from.
+  HAT      ``stages.train(..., "calibration")`` with the percentile (``--percentile``) or
+           min_max observer, each in its own work dir under ``DIR/ptq/``, then
+           ``commands.export``: its ``model.onnx``. The export also writes
+           ``model.float.onnx``, the float model the peers start from. ``--set`` values reach
+           this side (e.g. ``--set deploy_target=vnni``).
   ORT      ``onnxruntime.quantization.quant_pre_process`` (its recommended preparation:
            shape inference, BatchNorm folding) on that float ONNX, then ``quantize_static``
            with QuantFormat.QDQ, per_channel=True, weight_type QInt8, activation_type QUInt8
            (and QInt8), calibrate_method MinMax and Percentile (its default 99.999, and
            ``--percentile`` through ``extra_options={"CalibPercentile": ...}``); the
            calibration data reader feeds one sample at a time.
+  NNCF     ``nncf.quantize`` (ONNX backend) on the same float ONNX, with an ``nncf.Dataset``
+           over the same samples and ``subset_size`` = their count (NNCF's default, 300,
+           would drop or repeat none only by chance): its default (preset performance:
+           symmetric per-channel weights, symmetric activations, as HAT; mean of per-sample
+           min/max ranges; fast bias correction), preset mixed (asymmetric activations, as
+           ORT), and performance with global min/max ranges and no bias correction (HAT's
+           min_max observer's ranges). A benchmark-only dependency:
+           ``pip install -c constraints.txt -r benchmarks/requirements.txt``; without it the
+           NNCF rows are skipped with a note (``--peers nncf`` alone then exits 2).
 
 Every model is then measured the same way: the task metric over the validation set
 (``OnnxModel`` at opt 3 with the config's ``int_infer_predictor`` post-processing and
@@ -24,107 +36,170 @@ metrics), the SQNR of its raw outputs against the float model's on the same samp
 opt 3 with ``--threads`` threads (median of ``--runs``, variants interleaved), and the
 share of FLOPs onnxruntime runs in int8 kernels at opt 3. onnxruntime's Percentile
 calibrator keeps every intermediate tensor of every calibration sample in memory
-(about 7 GB for the tiny keypoint config's 304 samples).
+(about 7 GB for the tiny keypoint config's 320 samples).
 
-    python benchmarks/ptq_vs_ort.py [--work-dir hat-work/demo-keypoint] [--calib-batches 10] [--out FILE]
+    python benchmarks/ptq_vs_ort.py --work-dir DIR [--task fcos3d] [--calib-batches 10] [--peers ort,nncf]
+
+``--task`` defaults to the task that made DIR, ``--config`` to that task's demo config,
+with the demo's data (and raw-data) keys pointed into DIR, as ``hat demo`` set them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import filecmp
-import shutil
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import environment, run, write_result
+from _common import environment, run, time_interleaved, write_result
+from onnxruntime.quantization import CalibrationDataReader
+from quant_fidelity import FLOAT_CHECKPOINT, check_demo_outputs, fresh_run_dir, observer_overrides
 from rich.console import Console
 from rich.table import Table
 
-FLOAT_CHECKPOINT = "float-checkpoint-best.pth.tar"
+PEERS = ("ort", "nncf")
+NNCF_INSTALL = "pip install -c constraints.txt -r benchmarks/requirements.txt"
+HAT_OBSERVERS = ("percentile", "min_max")
+
+Sample = dict[str, np.ndarray]
 
 
-def check_demo_outputs(work_dir: Path, task: str) -> None:
-    """Exit 2 with one line if the demo's data or float checkpoint is missing."""
-    missing = [p for p in (work_dir / "data", work_dir / FLOAT_CHECKPOINT) if not p.exists()]
-    if missing:
-        print(f"{missing[0]} does not exist: run `hat demo {task} --work-dir {work_dir}` first", file=sys.stderr)
-        raise SystemExit(2)
+# -- what every quantizer is given: the config, and the calibrator's samples --------------------
 
 
-def observer_overrides(observer: str, percentile: float) -> list[str]:
-    kwargs = f"{{percentile: {percentile}}}" if observer == "percentile" else "{}"
-    return [
-        f"qconfig_calibration.activation_calibration_observer={observer}",
-        f"qconfig_calibration.activation_calibration_qkwargs={kwargs}",
-    ]
+def default_task(work_dir: Path) -> str:
+    """The task that made ``work_dir`` (its remembered config), else keypoint."""
+    from hat import workdir_config
+
+    remembered = workdir_config.recall(work_dir)
+    return remembered.task if remembered is not None else "keypoint"
 
 
-def calibration_samples(stage_cfg, host, num_batches: int, input_map: dict[str, str]) -> list[dict[str, np.ndarray]]:
-    """The first ``num_batches`` batches of ``calibration_loader``, split into batch-1 feeds.
+def demo_config(host, task: str, work_dir: Path, config: str | None) -> tuple[str, list[str]]:
+    """The config ref and ``--set`` values ``hat demo TASK --work-dir DIR`` ran with.
 
-    Read as HAT's calibrator reads them: epoch 0's order, then epoch 1's, ... when the
-    loader holds fewer than ``num_batches`` batches.
+    The task's demo recipe names its tiny config and the keys for the packed data (and
+    the raw dataset, for fcos3d's nuScenes devkit metric); they point into DIR as the
+    demo set them, so ``--task fcos3d`` needs no ``--set nuscenes_root=...``.
+    """
+    from hat.errors import UserError
+    from hat.workdir import DEMO_DATA_DIR, DEMO_RAW_DIR
+
+    recipe = host.task(task).demo
+    if recipe is None:
+        raise UserError(f"task {task!r} has no demo, so there is no demo work dir to start from")
+    settings = [f"{recipe.data_root_key}={work_dir / DEMO_DATA_DIR}", *recipe.overrides]
+    if recipe.raw_root_key is not None:
+        settings.append(f"{recipe.raw_root_key}={work_dir / DEMO_RAW_DIR}")
+    return config or recipe.config, settings
+
+
+def calibration_samples(stage_cfg, host, input_map: Mapping[str, str]) -> list[Sample]:
+    """The batches HAT's calibrator feeds its model, split into batch-1 feeds for the peers.
+
+    Built as ``Calibrator.fit`` builds them: ``calibration_trainer.data_loader`` through
+    ``build_loader`` with the config's seed and ``train=True`` (a loader without an explicit
+    ``shuffle`` is shuffled, as for training), the first ``calibration_trainer.num_steps``
+    batches, epoch 0's order then epoch 1's when the loader holds fewer. ``input_map``: ONNX
+    input name -> batch key. tests/benchmarks/test_ptq_vs_ort.py checks the samples against
+    what the calibrator reads.
     """
     from hat.engine.loader import build_loader, set_loader_epoch
+    from hat.errors import UserError
 
     cfg = stage_cfg.config
+    trainer = cfg["calibration_trainer"]
+    num_steps = int(trainer["num_steps"])
     loader = build_loader(
-        cfg["calibration_loader"],
+        trainer["data_loader"],
         host.registry,
         seed=int(cfg.get("seed", 0)),
-        train=False,
-        path="calibration_loader",
+        train=True,
+        path="calibration_trainer.data_loader",
         locate=cfg.locate,
     )
     if len(loader) == 0:
-        raise SystemExit("the calibration loader is empty")
-    samples: list[dict[str, np.ndarray]] = []
-    batches, epoch = 0, 0
-    while batches < num_batches:
+        raise UserError("the calibration loader is empty", where=cfg.locate("calibration_trainer.data_loader"))
+    samples: list[Sample] = []
+    steps, epoch = 0, 0
+    while steps < num_steps:
         set_loader_epoch(loader, epoch)
         for batch in loader:
-            arrays = {name: torch.as_tensor(batch[key]).float().numpy() for name, key in input_map.items()}
-            size = next(iter(arrays.values())).shape[0]
-            samples += [{n: np.ascontiguousarray(a[j : j + 1]) for n, a in arrays.items()} for j in range(size)]
-            batches += 1
-            if batches >= num_batches:
+            for sub in batch if isinstance(batch, list) else [batch]:  # MultiBatchProcessor's sub-batches
+                arrays = {name: torch.as_tensor(sub[key]).float().numpy() for name, key in input_map.items()}
+                size = next(iter(arrays.values())).shape[0]
+                samples += [{n: np.ascontiguousarray(a[j : j + 1]) for n, a in arrays.items()} for j in range(size)]
+            steps += 1
+            if steps >= num_steps:
                 break
         epoch += 1
     return samples
 
 
-def ort_quantize(float_onnx: Path, out: Path, samples, *, activation: str, method: str, percentile: float | None):
+# -- the HAT side ---------------------------------------------------------------------------------
+
+
+def hat_quantize(stage_config: Callable[..., Any], run_dir: Path, work_dir: Path, extra: Sequence[str], host) -> dict:
+    """Calibrate from the demo's float checkpoint in ``run_dir`` and export; timings and the int8 ONNX.
+
+    ``stage_config(run_dir, extra)`` loads the config with the benchmark's overrides (the
+    user's ``--set`` among them) and ``extra`` on top: an observer, or any other HAT option.
+    """
+    from hat.usecases import deploy as commands
+    from hat.usecases import stages
+
+    fresh_run_dir(run_dir, work_dir, FLOAT_CHECKPOINT)
+    stage_cfg = stage_config(run_dir, extra)
+    start = time.perf_counter()
+    stages.train(stage_cfg, "calibration", host=host)  # includes the calibrator's validation pass
+    calibrate_s = time.perf_counter() - start
+    exported = commands.export(stage_cfg, "calibration", host=host)
+    return {
+        "quantizer": "hat",
+        "path": exported.onnx_path,
+        "calibrate_s": round(calibrate_s, 1),
+        "export_s": round(time.perf_counter() - start - calibrate_s, 1),
+    }
+
+
+# -- onnxruntime ----------------------------------------------------------------------------------
+
+
+class SampleReader(CalibrationDataReader):
+    """onnxruntime's calibration data reader over the samples, one feed per ``get_next``, in order."""
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = samples
+        self.rewind()
+
+    def get_next(self) -> Sample | None:
+        return next(self.items, None)
+
+    def rewind(self) -> None:
+        self.items: Iterator[Sample] = iter(self.samples)
+
+
+def ort_quantize(
+    float_onnx: Path, out: Path, samples: Sequence[Sample], *, activation: str, method: str, percentile: float | None
+) -> None:
     """onnxruntime's own static quantization of ``float_onnx`` (already pre-processed)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rewind()
-
-        def get_next(self):
-            return next(self.items, None)
-
-        def rewind(self) -> None:
-            self.items = iter(samples)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra = {"CalibPercentile": percentile} if percentile is not None else {}
     quantize_static(
         str(float_onnx),
         str(out),
-        Reader(),
+        SampleReader(samples),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
@@ -132,6 +207,137 @@ def ort_quantize(float_onnx: Path, out: Path, samples, *, activation: str, metho
         calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile,
         extra_options=extra,
     )
+
+
+def ort_variants(percentile: float, int8_activations: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, ``ort_quantize`` keywords) of every onnxruntime row."""
+    chosen = [("uint8", "minmax", None), ("uint8", "percentile", None), ("uint8", "percentile", percentile)]
+    if int8_activations:
+        chosen += [("int8", "minmax", None), ("int8", "percentile", percentile)]
+    variants = []
+    for activation, method, value in chosen:
+        if method == "minmax":
+            label = f"ORT MinMax {activation}"
+        else:
+            label = f"ORT Percentile {value if value is not None else '99.999 (default)'} {activation}"
+        variants.append((label, {"activation": activation, "method": method, "percentile": value}))
+    return variants
+
+
+# -- NNCF -----------------------------------------------------------------------------------------
+# What this relies on (NNCF's docs, "Basic Quantization Flow" for ONNX, docs.openvino.ai, and the
+# docstrings of nncf 3.4's nncf.quantize / nncf.Dataset / nncf.quantization.range_estimator):
+# - nncf.quantize(onnx.ModelProto, nncf.Dataset, ...) returns a QDQ onnx.ModelProto;
+# - an nncf.Dataset item is passed to the model as-is when no transform function is given, and
+#   the ONNX backend runs it with onnxruntime's InferenceSession.run(outputs, item): an item is
+#   a feed dict, so the samples need no transform;
+# - statistics are collected over the first `subset_size` items (default 300): set to the
+#   sample count so NNCF sees exactly what HAT and ORT see;
+# - preset None means performance for CNNs (symmetric weights and activations); mixed makes
+#   activations asymmetric; per-tensor activation ranges default to the mean over samples of
+#   each sample's min and max (RangeEstimatorParametersSet.MEAN_MINMAX), MINMAX takes the
+#   global ones; fast bias correction runs by default (AdvancedQuantizationParameters
+#   .disable_bias_correction turns it off).
+
+
+def nncf_variants() -> list[tuple[str, dict[str, Any]]]:
+    """(label, ``nncf.quantize`` keywords) of every NNCF row."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    hat_like = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX, disable_bias_correction=True
+    )
+    return [
+        ("NNCF default (performance)", {}),
+        ("NNCF mixed", {"preset": nncf.QuantizationPreset.MIXED}),
+        ("NNCF performance, global min/max, no BC", {"advanced_parameters": hat_like}),
+    ]
+
+
+def nncf_dataset(samples: Sequence[Sample]):
+    """The samples as an ``nncf.Dataset``: each item is one feed dict, in the same order."""
+    import nncf
+
+    return nncf.Dataset(list(samples))
+
+
+def nncf_quantize(float_onnx: Path, out: Path, samples: Sequence[Sample], **options: Any) -> None:
+    """NNCF's post-training quantization of ``float_onnx`` on every sample (``subset_size`` = count)."""
+    import nncf
+    import onnx
+
+    quantized = nncf.quantize(onnx.load(str(float_onnx)), nncf_dataset(samples), subset_size=len(samples), **options)
+    onnx.save(quantized, str(out))
+
+
+def choose_peers(requested: str | None) -> tuple[list[str], list[str]]:
+    """The peers to run and a note for each one skipped.
+
+    NNCF is a benchmark-only dependency: missing, its rows are skipped with a note when it
+    was only a default, and the run stops (exit 2) when ``--peers`` asked for it by name.
+    """
+    from hat.errors import UserError
+
+    names = list(PEERS) if requested is None else [p.strip() for p in requested.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PEERS]
+    if unknown or not names:
+        raise UserError(
+            f"--peers: unknown peer {unknown[0]!r}" if unknown else "--peers is empty",
+            hint=f"choose from {', '.join(PEERS)}",
+        )
+    notes = []
+    if "nncf" in names and not _has_nncf():
+        if requested is not None:
+            raise UserError("--peers asks for nncf, which is not installed", hint=f"install it: {NNCF_INSTALL}")
+        names.remove("nncf")
+        notes.append(f"nncf is not installed: the NNCF rows are skipped ({NNCF_INSTALL})")
+    return names, notes
+
+
+def _has_nncf() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("nncf") is not None
+    except ValueError:  # sys.modules["nncf"] is None: made unimportable on purpose
+        return False
+
+
+def run_quantizer(entry: dict[str, Any], quantize: Callable[[], None], console: Console) -> dict[str, Any]:
+    """Run one peer's quantization into ``entry["path"]``; a failure is recorded, not raised.
+
+    One variant failing (an unsupported op, memory) must not hide the others.
+    """
+    console.print(f"{entry['method']} ...")
+    start = time.perf_counter()
+    try:
+        quantize()
+    except Exception as exc:
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+        console.print(f"[yellow]{entry['method']} failed: {entry['error']}[/yellow]")
+    entry["quantize_s"] = round(time.perf_counter() - start, 1)
+    return entry
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def activation_quantizers(path: Path) -> dict[str, int]:
+    """How many activation QuantizeLinear nodes of each output type (uint8, int8) the model has."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name: t for t in model.graph.initializer}
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in initializers:
+            continue  # weights quantized in the graph are not activations
+        zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        kind = onnx.helper.tensor_dtype_to_np_dtype(zero_point.data_type).name if zero_point is not None else "uint8"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def evaluate(
@@ -164,7 +370,7 @@ def evaluate(
     return values, samples, {name: np.concatenate(parts) for name, parts in raw.items()}
 
 
-def sqnr_db(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray]) -> float:
+def sqnr_db(reference: Mapping[str, np.ndarray], quantized: Mapping[str, np.ndarray]) -> float:
     """Signal-to-quantization-noise ratio of the raw outputs vs the float model's, in dB."""
     signal = sum(float(np.sum(reference[k].astype(np.float64) ** 2)) for k in reference)
     noise = sum(float(np.sum((reference[k].astype(np.float64) - quantized[k]) ** 2)) for k in reference)
@@ -173,32 +379,36 @@ def sqnr_db(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray]) 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="keypoint")
-    parser.add_argument("--config", default="keypoint_efficientnetb0_carfusion-tiny")
+    parser.add_argument("--task", default=None, help="default: the task that made --work-dir, else keypoint")
+    parser.add_argument("--config", default=None, help="default: the task's demo config")
     parser.add_argument("--work-dir", type=Path, default=Path("hat-work/demo-keypoint"))
-    parser.add_argument("--calib-batches", type=int, default=10, help="calibration batches for both quantizers")
+    parser.add_argument("--calib-batches", type=int, default=10, help="calibration batches for every quantizer")
     parser.add_argument("--percentile", type=float, default=99.975, help="HAT's percentile (also tried with ORT)")
+    parser.add_argument("--peers", default=None, help=f"comma-separated, from {', '.join(PEERS)} (default: all)")
     parser.add_argument("--no-int8-activations", action="store_true", help="skip ORT's QInt8-activation variants")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency and evaluation")
     parser.add_argument("--runs", type=int, default=100, help="timed latency runs per model (median reported)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed runs are split into")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override (HAT)")
     parser.add_argument("--verbose", action="store_true", help="show HAT's progress bars and messages")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ptq_vs_ort.json")
     args = parser.parse_args(argv)
     if args.calib_batches < 1 or args.threads < 1 or args.runs < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--calib-batches, --threads, --runs and --rounds must be >= 1, --warmup >= 0")
-    check_demo_outputs(args.work_dir, args.task)
+    task = args.task or default_task(args.work_dir)
+    check_demo_outputs(args.work_dir, task)
+    peers, notes = choose_peers(args.peers)
+    os.environ.setdefault("NNCF_CI", "1")  # no telemetry from a benchmark (nncf/telemetry/wrapper.py stubs it)
 
     from onnxruntime.quantization import quant_pre_process
 
     from hat import console as hat_console
     from hat.deploy.analysis import analyze
+    from hat.deploy.latency import latency_summary
     from hat.deploy.ort_backend import OnnxRuntimeBackend
     from hat.engine.deploy_model import deploy_inputs
     from hat.plugins import get_host
-    from hat.usecases import deploy as commands
     from hat.usecases import stages
 
     hat_console.set_quiet(not args.verbose)
@@ -207,83 +417,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import logging
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing and more
+        logging.getLogger("nncf").setLevel(logging.ERROR)
     console = Console(width=None if sys.stdout.isatty() else 140)
+    for note in notes:
+        console.print(f"[yellow]note: {note}[/yellow]")
     host = get_host()
+    config_ref, demo_settings = demo_config(host, task, args.work_dir, args.config)
     root = args.work_dir / "ptq"
-    base = [f"data_root={args.work_dir / 'data'}", f"calibration_steps={args.calib_batches}", *args.overrides]
+    base = [*demo_settings, f"calibration_steps={args.calib_batches}", *args.overrides]
     started = time.perf_counter()
 
-    def stage_config(run_dir: Path, extra=()) -> stages.StageConfig:
+    def stage_config(run_dir: Path, extra: Sequence[str] = ()) -> stages.StageConfig:
         return stages.load_stage_config(
-            args.task, config_ref=args.config, overrides=[*base, *extra], work_dir=run_dir, host=host
+            task, config_ref=config_ref, overrides=[*base, *extra], work_dir=run_dir, host=host
         )
 
     models: list[dict[str, Any]] = []
     # -- HAT: calibrate (the calibrator reads the first calib-batches batches) and export
-    for observer in ("percentile", "min_max"):
-        run_dir = root / f"hat-{observer}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        shutil.copy2(args.work_dir / FLOAT_CHECKPOINT, run_dir / FLOAT_CHECKPOINT)
-        stage_cfg = stage_config(run_dir, observer_overrides(observer, args.percentile))
+    for observer in HAT_OBSERVERS:
         console.print(f"HAT calibration ({observer}) + export ...")
-        start = time.perf_counter()
-        stages.train(stage_cfg, "calibration", host=host)  # includes the calibrator's validation pass
-        calibrate_s = time.perf_counter() - start
-        exported = commands.export(stage_cfg, "calibration", host=host)
-        label = f"HAT percentile {args.percentile}" if observer == "percentile" else "HAT min_max"
-        models.append(
-            {
-                "method": label,
-                "quantizer": "hat",
-                "activations": "uint8 after ReLU, else int8",
-                "path": exported.onnx_path,
-                "calibrate_s": round(calibrate_s, 1),
-                "export_s": round(time.perf_counter() - start - calibrate_s, 1),
-            }
+        entry = hat_quantize(
+            stage_config, root / f"hat-{observer}", args.work_dir, observer_overrides(observer, args.percentile), host
         )
-    stage_cfg = stage_config(root / "hat-percentile")
-    float_onnx = root / "hat-percentile" / "export" / "model.float.onnx"
+        label = f"HAT percentile {args.percentile}" if observer == "percentile" else "HAT min_max"
+        models.append({"method": label, **entry})
+    stage_cfg = stage_config(root / f"hat-{HAT_OBSERVERS[0]}")
+    float_onnx = root / f"hat-{HAT_OBSERVERS[0]}" / "export" / "model.float.onnx"
     demo_float = args.work_dir / "export" / "model.float.onnx"
     same_as_demo = demo_float.is_file() and filecmp.cmp(float_onnx, demo_float, shallow=False)
-    models.insert(0, {"method": "float (onnxruntime)", "quantizer": None, "activations": "float32", "path": float_onnx})
+    models.insert(0, {"method": "float (onnxruntime)", "quantizer": None, "path": float_onnx})
 
-    # -- onnxruntime: pre-process, then quantize_static on the same calibration samples
+    # -- the peers, on the same float ONNX and the same calibration samples
     predictor = host.registry.build(
         stage_cfg.config["int_infer_predictor"], path="int_infer_predictor", locate=stage_cfg.config.locate
     )
     input_names = list(deploy_inputs(stage_cfg.config))
     input_map = {name: dict(predictor.inputs or {}).get(name, name) for name in input_names}
-    samples = calibration_samples(stage_cfg, host, args.calib_batches, input_map)
+    samples = calibration_samples(stage_cfg, host, input_map)
+    calib_steps = int(stage_cfg.config["calibration_trainer"]["num_steps"])
+    console.print(f"{len(samples)} calibration samples ({calib_steps} batches)")
+    if "ort" in peers:
+        ort_dir = fresh_run_dir(root / "ort", args.work_dir)
+        prepared = ort_dir / "model.float.pre.onnx"
+        quant_pre_process(str(float_onnx), str(prepared))
+        for label, options in ort_variants(args.percentile, not args.no_int8_activations):
+            name = f"model.{options['activation']}.{options['method']}{options['percentile'] or ''}.onnx"
+            entry = {"method": label, "quantizer": "onnxruntime", "path": ort_dir / name}
+            models.append(
+                run_quantizer(
+                    entry, lambda o=options, p=entry["path"]: ort_quantize(prepared, p, samples, **o), console
+                )
+            )
+    if "nncf" in peers:
+        nncf_dir = fresh_run_dir(root / "nncf", args.work_dir)
+        for i, (label, options) in enumerate(nncf_variants()):
+            entry = {"method": label, "quantizer": "nncf", "path": nncf_dir / f"model.{i}.onnx"}
+            models.append(
+                run_quantizer(
+                    entry, lambda o=options, p=entry["path"]: nncf_quantize(float_onnx, p, samples, **o), console
+                )
+            )
     calib_samples = len(samples)
-    console.print(f"{calib_samples} calibration samples ({args.calib_batches} batches)")
-    ort_dir = root / "ort"
-    if ort_dir.exists():
-        shutil.rmtree(ort_dir)
-    ort_dir.mkdir(parents=True)
-    prepared = ort_dir / "model.float.pre.onnx"
-    quant_pre_process(str(float_onnx), str(prepared))
-    ort_variants = [("uint8", "minmax", None), ("uint8", "percentile", None), ("uint8", "percentile", args.percentile)]
-    if not args.no_int8_activations:
-        ort_variants += [("int8", "minmax", None), ("int8", "percentile", args.percentile)]
-    for activation, method, percentile in ort_variants:
-        if method == "minmax":
-            label = f"ORT MinMax {activation}"
-        else:
-            label = f"ORT Percentile {percentile if percentile is not None else '99.999 (default)'} {activation}"
-        name = f"model.{activation}.{method}{'' if percentile is None else percentile}.onnx"
-        console.print(f"{label} ...")
-        start = time.perf_counter()
-        entry = {"method": label, "quantizer": "onnxruntime", "activations": activation, "path": ort_dir / name}
-        try:
-            ort_quantize(prepared, ort_dir / name, samples, activation=activation, method=method, percentile=percentile)
-        except Exception as exc:  # report and go on: one variant failing must not hide the others
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            console.print(f"[yellow]{label} failed: {entry['error']}[/yellow]")
-        entry["quantize_s"] = round(time.perf_counter() - start, 1)
-        models.append(entry)
-    del samples
 
     # -- measure every model the same way
     backend = OnnxRuntimeBackend()
@@ -293,12 +487,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, t in deploy_inputs(stage_cfg.config).items()
     }
     runnable = [m for m in models if "error" not in m]
+    float_raw: dict[str, np.ndarray] = {}
+    sessions = {}
     for model in runnable:
         console.print(f"evaluating {model['method']} ...")
         model["metrics"], model["samples"], raw = evaluate(model["path"], stage_cfg, host, predictor, args.threads)
         if model is runnable[0]:
             float_raw = raw  # the float model comes first
         model["output_sqnr_db"] = round(sqnr_db(float_raw, raw), 2) if model is not runnable[0] else None
+        model["activation_quantizers"] = activation_quantizers(model["path"])
         with tempfile.TemporaryDirectory(prefix="hat-bench-ptq-") as tmp:
             compiled = backend.compile(model["path"], 3, Path(tmp) / "model.opt3.onnx")
             analysis = analyze(compiled, exported=model["path"], inputs=feeds, opt_level=3)
@@ -307,32 +504,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for node in analysis.nodes:
                 ops[node.op_type] = ops.get(node.op_type, 0) + 1
             model["opt3_op_types"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
-        model["session"] = backend.session(model["path"], threads=args.threads, opt_level=3)
-        model["times"] = []
-        for _ in range(args.warmup):
-            model["session"].run(None, feeds)
+        sessions[model["method"]] = backend.session(model["path"], threads=args.threads, opt_level=3)
     console.print(f"timing {len(runnable)} models at opt 3, {args.threads} thread(s) ...")
-    per_round = [args.runs // args.rounds + (1 if i < args.runs % args.rounds else 0) for i in range(args.rounds)]
-    for count in per_round:
-        for model in runnable:
-            session = model["session"]
-            for _ in range(count):
-                start = time.perf_counter()
-                session.run(None, feeds)
-                model["times"].append((time.perf_counter() - start) * 1000.0)
-
-    from hat.deploy.latency import latency_summary
+    times = time_interleaved(
+        {label: (lambda s=session: s.run(None, feeds)) for label, session in sessions.items()},
+        count=args.runs,
+        rounds=args.rounds,
+        warmup=args.warmup,
+    )
 
     metric_names = list(models[0]["metrics"])
     headline = metric_names[0]
-    float_row = models[0]
+    reference = models[0]["metrics"][headline]
     rows = []
     for model in models:
-        row = {k: (str(v) if isinstance(v, Path) else v) for k, v in model.items() if k not in ("session", "times")}
-        if "times" in model:
-            summary = latency_summary(np.asarray(model["times"]), threads=args.threads)
+        row = {k: (str(v) if isinstance(v, Path) else v) for k, v in model.items()}
+        if model["method"] in times:
+            summary = latency_summary(np.asarray(times[model["method"]]), threads=args.threads)
             row["latency"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
-            reference = float_row["metrics"][headline]
             row["headline_vs_float"] = round(model["metrics"][headline] / reference, 4) if reference else None
         rows.append(row)
     float_ms = rows[0]["latency"]["median_ms"]
@@ -340,9 +529,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "latency" in row:
             row["speedup_vs_float"] = round(float_ms / row["latency"]["median_ms"], 3)
 
+    _print_table(console, args, task, config_ref, rows, metric_names, calib_samples, notes)
+    result = {
+        "benchmark": "ptq_vs_ort",
+        "task": task,
+        "config": config_ref,
+        "overrides": base,
+        "work_dir": str(args.work_dir),
+        "float_checkpoint": str(args.work_dir / FLOAT_CHECKPOINT),
+        "float_onnx": str(float_onnx),
+        "float_onnx_same_as_demo_export": same_as_demo,
+        "calib_batches": calib_steps,
+        "calib_samples": calib_samples,
+        "hat_percentile": args.percentile,
+        "peers": peers,
+        "notes": notes,
+        "ort_settings": "quant_pre_process; quantize_static QDQ, per_channel, weights QInt8, reduce_range False",
+        "nncf_settings": f"nncf.quantize, ONNX backend, subset_size={calib_samples}, target_device ANY",
+        "threads": args.threads,
+        "runs": args.runs,
+        "headline_metric": headline,
+        "results": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+        **environment(),
+        **_versions("nncf", "onnx"),
+    }
+    write_result(args.out, result, console)
+    return result
+
+
+def _versions(*names: str) -> dict[str, str]:
+    """Installed versions of the optional packages this benchmark used (without importing them)."""
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def _print_table(console, args, task, config_ref, rows, metric_names, calib_samples, notes) -> None:
+    headline = metric_names[0]
     table = Table(
-        title=f"ptq_vs_ort: {args.task} ({args.config}), the same {args.calib_batches} calibration batches for "
-        f"both, {float_row['samples']} validation samples, latency at opt 3 with {args.threads} thread(s)"
+        title=f"ptq_vs_ort: {task} ({config_ref}), the same {calib_samples} calibration samples for every "
+        f"quantizer, {rows[0]['samples']} validation samples, latency at opt 3 with {args.threads} thread(s)"
     )
     for column, justify in (
         ("method", "left"),
@@ -368,38 +597,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{row['int8_flops_share']:.1%}" if row.get("int8_flops_share") is not None else "-",
         )
     console.print(table)
-    hat_best = max(
-        (r for r in rows if r.get("quantizer") == "hat" and "metrics" in r), key=lambda r: r["metrics"][headline]
-    )
-    ort_rows = [r for r in rows if r.get("quantizer") == "onnxruntime" and "metrics" in r]
-    if ort_rows:
-        ort_best = max(ort_rows, key=lambda r: r["metrics"][headline])
-        console.print(
-            f"best HAT ({hat_best['method']}) {headline} {hat_best['metrics'][headline]:.4f} vs best ORT "
-            f"({ort_best['method']}) {ort_best['metrics'][headline]:.4f}"
-        )
-
-    result = {
-        "benchmark": "ptq_vs_ort",
-        "task": args.task,
-        "config": args.config,
-        "work_dir": str(args.work_dir),
-        "float_checkpoint": str(args.work_dir / FLOAT_CHECKPOINT),
-        "float_onnx": str(float_onnx),
-        "float_onnx_same_as_demo_export": same_as_demo,
-        "calib_batches": args.calib_batches,
-        "calib_samples": calib_samples,
-        "hat_percentile": args.percentile,
-        "ort_settings": "quant_pre_process; quantize_static QDQ, per_channel, weights QInt8, reduce_range False",
-        "threads": args.threads,
-        "runs": args.runs,
-        "headline_metric": headline,
-        "results": rows,
-        "wall_s": round(time.perf_counter() - started, 1),
-        **environment(),
-    }
-    write_result(args.out, result, console)
-    return result
+    for note in notes:
+        console.print(f"[yellow]note: {note}[/yellow]")
+    measured = [r for r in rows if "metrics" in r and r.get("quantizer")]
+    hat_best = max((r for r in measured if r["quantizer"] == "hat"), key=lambda r: r["metrics"][headline])
+    for peer in ("onnxruntime", "nncf"):
+        peer_rows = [r for r in measured if r["quantizer"] == peer]
+        if peer_rows:
+            best = max(peer_rows, key=lambda r: r["metrics"][headline])
+            console.print(
+                f"best HAT ({hat_best['method']}) {headline} {hat_best['metrics'][headline]:.4f} vs best {peer} "
+                f"({best['method']}) {best['metrics'][headline]:.4f}"
+            )
 
 
 if __name__ == "__main__":
