@@ -491,6 +491,87 @@ def validate_command(
     console.out.print(f"deploy target {target}; onnxruntime int8 kernels here: {result['int8_kernels']['isa']}")
 
 
+@app.command("analyze")
+def analyze_command(
+    task: TaskArg,
+    stage: QuantStageOption = None,
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Validation batches to measure on.")] = 8,
+    by_metric: Annotated[
+        bool,
+        typer.Option(
+            "--metric/--sqnr",
+            help="Rank by the task metric (slow: post-process and metric for 2 + 2 x layers runs of every "
+            "batch) instead of the model outputs' SQNR against float (default).",
+        ),
+    ] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Layers shown in the table (the files hold all).")] = 20,
+    opt: OptOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Per-layer quantization analysis: SQNR, sensitivity, first torch vs onnxruntime divergence.
+
+    Writes analysis/analysis.json (every layer) and analysis/analysis.html.
+    """
+    from hat.usecases.analyze import analyze
+
+    record = analyze(
+        _stage_config(task, config, overrides, work_dir), stage=stage, batches=batches, by_metric=by_metric, opt=opt
+    )
+    _print_analysis(record, top)
+
+
+def _print_analysis(record: dict, top: int) -> None:
+    from hat.quant.sensitivity_html import format_db
+
+    metric = record["model"].get("metric")
+    measured = f"{metric['name']}, float {_metric_cell(metric['float'])}" if metric else "output SQNR in dB"
+    table = Table(
+        title=f"most sensitive layers of the {record['stage']} model ({record['samples']} samples; {measured})",
+        title_justify="left",
+    )
+    columns = ["rank", "layer", "kind", "only it quantized", "only it float", "layer SQNR"]
+    if metric:
+        columns[3:5] = [f"{metric['name']}, only it quantized", f"{metric['name']}, only it float"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right", overflow="fold")
+    for layer in record["layers"][:top]:
+        alone, kept = layer["only_quantized"], layer["only_float"]
+        if metric:
+            cells = [_metric_cell(alone.get("metric")), _metric_cell(kept.get("metric"))]
+        else:
+            cells = [format_db(alone["output_sqnr_db"]), format_db(kept["output_sqnr_db"])]
+        table.add_row(str(layer["rank"]), escape(layer["name"]), layer["kind"], *cells, format_db(layer["sqnr_db"]))
+    console.out.print(table)
+    summary = f"every layer quantized: output SQNR {format_db(record['model']['output_sqnr_db'])} dB"
+    if metric:
+        summary += f"; {metric['name']} {_metric_cell(metric['quantized'])} (float {_metric_cell(metric['float'])})"
+    console.out.print(summary)
+    divergence = record["divergence"]
+    if "skipped" in divergence:
+        console.out.print(
+            f"torch vs onnxruntime: not compared ({divergence['skipped']}); run `{divergence['command']}`"
+        )
+    elif divergence["first_divergence"] is None:
+        console.out.print(
+            f"torch vs onnxruntime (opt {divergence['opt']}): all {len(divergence['compared'])} compared tensors "
+            "agree within one step"
+        )
+    else:
+        first = divergence["first_divergence"]
+        console.out.print(
+            f"torch vs onnxruntime (opt {divergence['opt']}): first tensor beyond one step: {escape(first['tensor'])} "
+            f"(layer {escape(first['layer'])}), up to {first['max_steps']} steps on "
+            f"{first['share_beyond_one_step']:.2%} of its elements"
+        )
+    console.out.print(f"report: {record['files']['json']} and {record['files']['html']}")
+
+
+def _metric_cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
 # -- hat infer / demo -----------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ Layout of ``hat-work/<config name>/``::
     export/check.opt<N>.onnx  export/check.json
     compile/model.opt<N>.onnx  compile/perf.json  compile/perf.html
     validate.json
+    analysis/analysis.json  analysis/analysis.html   (hat analyze)
     raw/  data/  infer/  demo_report.json   (hat demo)
 """
 
@@ -53,6 +54,10 @@ PERF_JSON = "perf.json"
 PERF_HTML = "perf.html"
 #: At the work directory's top: what `hat validate` recorded.
 VALIDATE_INFO = "validate.json"
+#: What `hat analyze` writes: the per-layer analysis, as JSON and as a self-contained page.
+ANALYSIS_DIR = "analysis"
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_HTML = "analysis.html"
 #: The config the work dir was made with (see :mod:`hat.workdir_config`).
 RUN_CONFIG = "config.yaml"
 #: What `hat demo` adds: synthetic raw data, the packed data, inference output, its report.
@@ -109,6 +114,11 @@ def export_dir(work_dir: Path) -> Path:
 def compile_dir(work_dir: Path) -> Path:
     """``<work-dir>/compile``."""
     return Path(work_dir) / COMPILE_DIR
+
+
+def analysis_dir(work_dir: Path) -> Path:
+    """``<work-dir>/analysis``."""
+    return Path(work_dir) / ANALYSIS_DIR
 
 
 def compiled_model_name(opt_level: int) -> str:

@@ -49,6 +49,21 @@ def probe_tensors(model: onnx.ModelProto, inputs: dict[str, np.ndarray] | None =
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
         meta[name] = TensorMeta(np.dtype(dtype).name, tuple(int(d) for d in tensor.dims))
 
+    feed = inputs
+    if feed is None:
+        feed = _zeros_for(_session(model))
+    for name, array in run_exposed(model, feed).items():
+        meta[name] = TensorMeta(array.dtype.name, tuple(array.shape))
+    for name, value in feed.items():
+        meta[name] = TensorMeta(np.asarray(value).dtype.name, tuple(np.asarray(value).shape))
+    return meta
+
+
+def run_exposed(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The value of every node output of ``model`` on ``inputs``, the graph run as saved (no optimization).
+
+    Also what `hat analyze` compares with the torch model, tensor by tensor.
+    """
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
@@ -57,18 +72,16 @@ def probe_tensors(model: onnx.ModelProto, inputs: dict[str, np.ndarray] | None =
             if name and name not in present:
                 exposed.graph.output.append(onnx.ValueInfoProto(name=name))
                 present.add(name)
+    session = _session(exposed)
+    names = [o.name for o in session.get_outputs()]
+    return {name: np.asarray(value) for name, value in zip(names, session.run(names, inputs), strict=True)}
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = inputs if inputs is not None else _zeros_for(session)
-    names = [o.name for o in session.get_outputs()]
-    for name, value in zip(names, session.run(names, feed), strict=True):
-        array = np.asarray(value)
-        meta[name] = TensorMeta(array.dtype.name, tuple(array.shape))
-    for name, value in feed.items():
-        meta[name] = TensorMeta(np.asarray(value).dtype.name, tuple(np.asarray(value).shape))
-    return meta
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _zeros_for(session: ort.InferenceSession) -> dict[str, np.ndarray]:
