@@ -406,6 +406,18 @@ def test_reading_a_pickle_lmdb_says_it_is_not_a_hat_pack(session: Ctx) -> None:
     assert str(session.data_mdb) in str(info.value) and "hat pack" in str(info.value)
 
 
+def test_reading_a_foreign_lmdb_without_meta_says_it_is_not_a_hat_pack(session: Ctx) -> None:
+    """Not "incomplete, re-run hat pack": hat pack would refuse this LMDB without --overwrite."""
+    pickle_lmdb_other_keys(session)
+    with pytest.raises(UserError) as info:
+        PackedDataset(str(session.pack))
+    text = str(info.value)
+    assert "not a HAT pack" in text and "b'img_0'" in text and "incomplete" not in text
+    assert f"where: {session.data_mdb}" in text and "--overwrite" in text and "data_path" in text
+    code, output = hat_pack(session)  # and hat pack, as the hint says, leaves it without --overwrite
+    assert code == 2 and "not a HAT pack" in output
+
+
 def test_reading_a_sample_that_is_not_msgpack_names_the_sample(tmp_path: Path) -> None:
     path = tmp_path / "train_lmdb"
     with PackWriter(path) as writer:

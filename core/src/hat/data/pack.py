@@ -426,6 +426,7 @@ class PackReader:
             )
         raw = self._get(META_KEY) if (self.path / "data.mdb").is_file() else None
         if raw is None:
+            self._refuse_foreign_lmdb()
             raise IncompletePack(
                 f"{self.path} is an incomplete pack: packing never finished (no __meta__ record)",
                 hint="re-run `hat pack` for this split (it replaces the incomplete pack)",
@@ -438,6 +439,24 @@ class PackReader:
                 hint="re-pack the dataset with this version of hat (`hat pack ... --overwrite`)",
             )
         self._len = int(self.meta["num_samples"])
+
+    def _refuse_foreign_lmdb(self) -> None:
+        """An LMDB without ``__meta__`` that another tool wrote is not HAT's, not incomplete.
+
+        Calling it incomplete would send the user to `hat pack`, which refuses to replace
+        a foreign LMDB without ``--overwrite`` (:func:`pack_state`); say what it is instead.
+        """
+        if not (self.path / "data.mdb").is_file():
+            return
+        try:
+            pack_state(self.path)
+        except UnreadablePack as exc:
+            raise UnreadablePack(
+                exc.message,
+                where=exc.where,
+                hint="point data_path at a pack `hat pack` wrote, or pack the raw dataset with "
+                "`hat pack <dataset> --src <raw> --dst <dir> --split <split> --overwrite`",
+            ) from None
 
     def __len__(self) -> int:
         return self._len
