@@ -157,3 +157,18 @@ def test_infinite_sqnr_is_written_as_a_string_json_can_hold() -> None:
     assert json_number(math.inf) == "inf" and json_number(-math.inf) == "-inf"
     assert json_number(math.nan) is None and json_number(12.5) == 12.5
     assert format_db("inf") == "∞" and format_db(12.34) == "12.3" and format_db(None) == "n/a"
+
+
+def test_the_ranking_is_data_a_caller_can_use_without_files(toy_host, work: Path) -> None:
+    from hat.usecases import stages
+    from hat.usecases.analyze import sensitivity
+
+    cfg = stages.load_stage_config("toy", work_dir=work, host=toy_host)
+    measured = sensitivity(cfg, batches=2, host=toy_host)
+    ranked = measured.report.ranked()
+    assert measured.stage == "calibration" and {layer.name for layer in ranked} == LAYERS
+    assert not (work / "analysis").exists()
+    code, _, err = run_cli("analyze", "toy", "--work-dir", str(work), "--batches", "2")
+    assert code == 0, err
+    written = _strict_json(work / "analysis" / "analysis.json")["layers"]
+    assert [layer["name"] for layer in written] == [layer.name for layer in ranked]

@@ -562,8 +562,8 @@ def _print_analysis(record: dict, top: int) -> None:
         first = divergence["first_divergence"]
         console.out.print(
             f"torch vs onnxruntime (opt {divergence['opt']}): first tensor beyond one step: {escape(first['tensor'])} "
-            f"(layer {escape(first['layer'])}), up to {first['max_steps']} steps on "
-            f"{first['share_beyond_one_step']:.2%} of its elements"
+            f"(layer {escape(first['layer'])}), up to {first['max_steps']} steps; {first['beyond_one_step']} of "
+            f"{first['elements']} elements beyond one step ({first['share_beyond_one_step']:.4%})"
         )
     console.out.print(f"report: {record['files']['json']} and {record['files']['html']}")
 

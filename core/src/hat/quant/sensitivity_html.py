@@ -136,12 +136,13 @@ def _divergence_section(divergence: dict[str, Any]) -> str:
         verdict = (
             f"<p class='bad'>First tensor beyond one step: {escape(first['tensor'])} (layer "
             f"{escape(first['layer'])}): up to {first['max_steps']} steps, "
-            f"{first['share_beyond_one_step']:.2%} of its elements ({where}).</p>"
+            f"{first['beyond_one_step']} of its {first['elements']} elements beyond one step "
+            f"({first['share_beyond_one_step']:.4%}; {where}).</p>"
         )
     rows = "".join(
         f"<tr{' class=bad' if t['max_steps'] > 1 else ''}><td class='name'>{escape(t['layer'])}</td>"
         f"<td class='name'>{escape(t['tensor'])}</td><td class='num'>{t['max_steps']}</td>"
-        f"<td class='num'>{t['share_beyond_one_step']:.2%}</td><td class='num'>{t['elements']}</td></tr>"
+        f"<td class='num'>{t['share_beyond_one_step']:.4%}</td><td class='num'>{t['elements']}</td></tr>"
         for t in compared
     )
     skipped = divergence.get("not_compared", [])

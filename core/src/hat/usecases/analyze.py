@@ -14,6 +14,7 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,50 @@ RANKING = {
 }
 
 
+@dataclass
+class Sensitivity:
+    """What :func:`sensitivity` measured, with what it measured on (the first batch feeds the divergence check)."""
+
+    stage: str
+    report: SensitivityReport
+    metric: MetricScorer | None
+    float_reference_gap: float
+    first_inputs: dict[str, torch.Tensor]
+
+
+def sensitivity(
+    stage_cfg: StageConfig,
+    *,
+    stage: str | None = None,
+    batches: int = DEFAULT_BATCHES,
+    by_metric: bool = False,
+    host: PluginHost | None = None,
+) -> Sensitivity:
+    """Every quantized layer's SQNR and sensitivity on the validation data; ``report.ranked()`` is most sensitive first.
+
+    The data part of `hat analyze`, for callers that choose layers (e.g. which to keep at
+    higher precision); it writes nothing.
+    """
+    host = host or get_host()
+    stage = _stage(stage_cfg, stage)
+    if batches < 1:
+        raise UserError(f"--batches must be at least 1, got {batches}")
+    predictor = _int_infer_predictor(stage_cfg, host)
+    model = fake_quant_model(stage_cfg, stage, host)
+    samples = _samples(stage_cfg, predictor, host, batches)
+    gap = _float_reference_gap(float_model(stage_cfg, host), model, samples[0][0], stage)
+    scorer = MetricScorer(predictor) if by_metric else None
+    layers = len(quantized_layers(model))
+    console.info(
+        f"analyzing {layers} quantized layers of the {stage} model on {len(samples)} batch(es): "
+        f"{2 + 2 * layers} forwards per batch" + (", each through the task metric" if by_metric else "")
+    )
+    with console.progress() as bar:
+        task = bar.add_task("analyze", total=len(samples))
+        report = measure_sensitivity(model, samples, scorer=scorer, progress=lambda: bar.advance(task))
+    return Sensitivity(stage, report, scorer, gap, dict(samples[0][0]))
+
+
 def analyze(
     stage_cfg: StageConfig,
     *,
@@ -67,33 +112,19 @@ def analyze(
     from hat.quant.sensitivity_html import render_analysis_html
 
     host = host or get_host()
-    stage = _stage(stage_cfg, stage)
-    if batches < 1:
-        raise UserError(f"--batches must be at least 1, got {batches}")
-    predictor = _int_infer_predictor(stage_cfg, host)
-    model = fake_quant_model(stage_cfg, stage, host)
-    samples = _samples(stage_cfg, predictor, host, batches)
-    reference = _float_reference_gap(float_model(stage_cfg, host), model, samples[0][0])
-    scorer = MetricScorer(predictor) if by_metric else None
-    layers = len(quantized_layers(model))
-    console.info(
-        f"analyzing {layers} quantized layers of the {stage} model on {len(samples)} batch(es): "
-        f"{2 + 2 * layers} forwards per batch" + (", each through the task metric" if by_metric else "")
-    )
-    with console.progress() as bar:
-        task = bar.add_task("analyze", total=len(samples))
-        report = measure_sensitivity(model, samples, scorer=scorer, progress=lambda: bar.advance(task))
+    measured = sensitivity(stage_cfg, stage=stage, batches=batches, by_metric=by_metric, host=host)
+    report = measured.report
     record = {
         "task": stage_cfg.task,
         "config": stage_cfg.config.name,
-        "stage": stage,
+        "stage": measured.stage,
         "deploy_target": target_name_of(stage_cfg.config),
         "batches": report.batches,
         "samples": report.samples,
         "ranking": RANKING["metric" if by_metric else "sqnr"],
-        "model": _model_record(report, scorer, reference),
+        "model": _model_record(report, measured.metric, measured.float_reference_gap),
         "layers": layer_records(report),
-        "divergence": divergence(stage_cfg, samples[0][0], opt=opt, host=host),
+        "divergence": divergence(stage_cfg, measured.first_inputs, opt=opt, host=host),
     }
     out = workdir.analysis_dir(stage_cfg.work_dir)
     atomic_write_text(out / workdir.ANALYSIS_JSON, json.dumps(record, indent=2) + "\n")
@@ -162,12 +193,13 @@ def _samples(stage_cfg: StageConfig, predictor: Any, host: PluginHost, batches: 
     return samples
 
 
-def _float_reference_gap(reference: torch.nn.Module, model: torch.nn.Module, inputs: Mapping) -> float:
+def _float_reference_gap(reference: torch.nn.Module, model: torch.nn.Module, inputs: Mapping, stage: str) -> float:
     """Largest difference between the float model's outputs and the quantized model's with every quantizer off.
 
-    The analysis uses the latter as float (see :mod:`hat.quant.sensitivity`); this says how
-    exactly it is the float model (folding BN changes only float rounding), relative to
-    the outputs' largest magnitude.
+    The analysis uses the latter as float (see :mod:`hat.quant.sensitivity`), relative to
+    the outputs' largest magnitude. For a calibrated model it is the float checkpoint
+    with BN folded (only float rounding differs); QAT trains the weights on, so a qat
+    model's float reference is its own weights, and the gap says how far QAT moved them.
     """
     layers = quantized_layers(model)
     with torch.no_grad(), quantizing(layers, lambda _layer: False):
@@ -177,9 +209,14 @@ def _float_reference_gap(reference: torch.nn.Module, model: torch.nn.Module, inp
     for name, value in expected.items():
         scale = float(value.abs().max()) or 1.0
         gap = max(gap, float((off[name] - value).abs().max()) / scale)
-    if gap > 1e-3:
+    if stage == "qat":
+        console.info(
+            f"SQNRs are against the qat weights in float (QAT moved the outputs by up to {gap:.2%} of their "
+            "range from the float checkpoint's)"
+        )
+    elif gap > 1e-3:
         console.warn(
-            f"with every quantizer off, the quantized model differs from the float model by {gap:.2%} of its "
+            f"with every quantizer off, the calibrated model differs from the float model by {gap:.2%} of its "
             "outputs' range: the float reference of this analysis is not exactly the float model"
         )
     return gap
