@@ -171,3 +171,32 @@ def test_named_outputs_follow_the_export_names() -> None:
 def test_a_model_without_quantized_layers_is_refused() -> None:
     with pytest.raises(ValueError, match="no quantized layer"):
         measure_sensitivity(nn.Linear(2, 2), [({"x": torch.zeros(1, 2)}, None)])
+
+
+class AddThenReLU(nn.Module):
+    """A conv, a quantized add, then a standalone ReLU that may work in place on the add's output."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.quant = QuantStub()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.add = FloatFunctional()
+        self.relu = nn.ReLU(inplace=inplace)
+        self.dequant = DeQuantStub()
+
+    def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.conv(self.quant(data["img"]))
+        return self.dequant(self.relu(self.add.add(x, x)))
+
+
+def test_an_in_place_op_after_a_layer_does_not_change_what_was_measured() -> None:
+    reports = {}
+    for inplace in (False, True):
+        torch.manual_seed(3)
+        model, _ = convert(AddThenReLU(inplace), QConfig())
+        model.eval()
+        with torch.no_grad(), calibration_mode(model):
+            model(_inputs(0))
+        reports[inplace] = {layer.name: layer for layer in measure_sensitivity(model, _samples(1)).layers}
+    # the add's output has negative values the in-place ReLU would zero after the fact
+    assert reports[True]["add"].sqnr_db == pytest.approx(reports[False]["add"].sqnr_db, rel=1e-9)

@@ -159,7 +159,7 @@ class TorchActivations:
 
     def _hook(self, name: str) -> Callable[..., None]:
         def record(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> None:
-            self.values.setdefault(name, []).append(output.detach().cpu().numpy())
+            self.values.setdefault(name, []).append(output.detach().cpu().numpy().copy())  # later ops may be in place
 
         return record
 

@@ -209,7 +209,8 @@ class _Capture:
     def _hook(self, name: str) -> Callable[..., None]:
         def record(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> None:
             self.first_seen.setdefault(name, len(self.first_seen))
-            self.values.setdefault(name, []).append(output.detach())
+            # a copy: a quantizer that is off returns its input itself, which a later in-place op may change
+            self.values.setdefault(name, []).append(output.detach().clone())
 
         return record
 
