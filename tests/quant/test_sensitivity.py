@@ -200,3 +200,13 @@ def test_an_in_place_op_after_a_layer_does_not_change_what_was_measured() -> Non
         reports[inplace] = {layer.name: layer for layer in measure_sensitivity(model, _samples(1)).layers}
     # the add's output has negative values the in-place ReLU would zero after the fact
     assert reports[True]["add"].sqnr_db == pytest.approx(reports[False]["add"].sqnr_db, rel=1e-9)
+
+
+def test_switches_are_left_as_they_were(models) -> None:
+    _, model = models
+    layers = quantized_layers(model)
+    layers[1].quantizers[0].enabled = False
+    with quantizing(layers, lambda _layer: True):
+        assert layers[1].quantizers[0].enabled
+    assert not layers[1].quantizers[0].enabled
+    assert all(q.enabled for layer in layers if layer is not layers[1] for q in layer.quantizers[:1])

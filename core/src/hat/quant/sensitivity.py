@@ -65,16 +65,16 @@ def quantized_layers(model: torch.nn.Module) -> list[Layer]:
 
 @contextmanager
 def quantizing(layers: Sequence[Layer], enabled: Callable[[Layer], bool]) -> Iterator[None]:
-    """Switch each layer's quantizers on where ``enabled(layer)``, off elsewhere; all back on after."""
+    """Switch each layer's quantizers on where ``enabled(layer)``, off elsewhere; as they were after."""
+    before = [(quantizer, quantizer.enabled) for layer in layers for quantizer in layer.quantizers]
     try:
         for layer in layers:
             for quantizer in layer.quantizers:
                 quantizer.enabled = enabled(layer)
         yield
     finally:
-        for layer in layers:
-            for quantizer in layer.quantizers:
-                quantizer.enabled = True
+        for quantizer, state in before:
+            quantizer.enabled = state
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -228,8 +228,8 @@ def measure_sensitivity(
 ) -> SensitivityReport:
     """Run every configuration (float, all quantized, each layer alone quantized / alone float) on ``samples``.
 
-    ``model`` is a converted, calibrated model in eval mode; its quantizers are all back
-    on when this returns. Per batch: 2 + 2 x layers forwards (``progress`` is called after each batch).
+    ``model`` is a converted, calibrated model in eval mode; its quantizers' switches are as they
+    were when this returns. Per batch: 2 + 2 x layers forwards (``progress`` is called after each batch).
     """
     layers = quantized_layers(model)
     if not layers:
