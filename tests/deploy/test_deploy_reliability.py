@@ -199,8 +199,9 @@ def test_infer_refuses_a_foreign_model_naming_it(toy_engine_host, work: Path, tm
         (COMPILE, "hat export toy --work-dir {work}"),
         (VALIDATE, "hat export toy --work-dir {work}"),
         (INT_INFER, "hat export toy --work-dir {work}"),
+        (("train", "toy", "--resume"), "hat train toy --stage float --work-dir {work}` without --resume"),
     ],
-    ids=["export", "compile", "validate", "int_infer"],
+    ids=["export", "compile", "validate", "int_infer", "resume"],
 )
 def test_a_missing_step_is_hinted_in_the_work_dir_given(
     toy_engine_host, capsys, tmp_path: Path, command: tuple[str, ...], expected: str

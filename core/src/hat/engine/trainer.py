@@ -30,6 +30,7 @@ from hat.errors import UserError
 from hat.metrics import Metric
 from hat.postprocess import PostProcessFn
 from hat.registry import register_type
+from hat.workdir import command_for
 
 
 @register_type(
@@ -164,9 +165,10 @@ class Trainer(LoopRunner):
         state, loader = self._setup(ctx)
         if ctx.resume:
             if not ctx.checkpoint_path("last").is_file():
+                again = command_for(ctx.task, f"train --stage {ctx.stage}", ctx.work_dir, ctx.config_name)
                 raise UserError(
                     f"nothing to resume: {ctx.checkpoint_path('last')} does not exist",
-                    hint=f"run `hat train {ctx.task} --stage {ctx.stage}` without --resume",
+                    hint=f"run `{again}` without --resume",
                 )
             self._resume(ctx, state)
         total = state.total_steps
