@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hat.testing import check_plugin
+from hat.testing import check_plugin, run_cli
 
 SMALL = [
     "float_trainer.num_epochs=1",
@@ -53,3 +53,16 @@ def test_demo_runs_every_step_and_writes_the_report(keypoint_host, tmp_path: Pat
     assert len(report["pictures"]) == 3
     for picture in report["pictures"]:
         assert cv2.imread(picture) is not None
+    # issue 11: the demo's work dir serves every later command as it is, with no further flags
+    # (its config.yaml stands in for --config and the demo's data_root)
+    crops = tmp_path / "raw" / "demo_crops"
+    for args in (
+        ("check", "keypoint"),
+        ("compile", "keypoint"),
+        ("validate", "keypoint"),
+        ("infer", "keypoint", "--input", str(crops), "--save-path", str(tmp_path / "again")),
+    ):
+        result = run_cli(*args, "--work-dir", str(tmp_path))
+        assert result.code == 0, (args, result.err)
+    assert json.loads((tmp_path / "validate.json").read_text())
+    assert len(list((tmp_path / "again").glob("*_keypoints.png"))) == len(list(crops.iterdir())) > 0
