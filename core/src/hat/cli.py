@@ -419,6 +419,8 @@ def check_command(
         raise typer.Exit(1) from None
     analysis, saturation = checked.analysis, checked.saturation
     non_int8 = analysis.non_int8()
+    if analysis.modules_not_int8:
+        console.out.print(analysis.render_modules_table())
     if non_int8:
         console.out.print(analysis.render_table())
     share = analysis.int8_flops_share

@@ -5,13 +5,16 @@ as deployed. So the checker reads the graph onnxruntime actually runs (saved at 
 optimization level) and sorts every node into int8 compute, int8 data movement, Q/DQ,
 float compute, float data movement or shape arithmetic; for every float node it says
 why onnxruntime left it float, in terms of the graph around it, and which torch
-module it came from.
+module it came from. Handed the modules the config keeps off int8 (the conversion
+report's :meth:`~hat.quant.prepare.ConversionReport.not_int8`), it says for each float
+node whether that was configured, chosen by sensitivity, or is for want of an int8
+kernel, and lists those modules too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from hat.deploy.flops import node_flops
 from hat.deploy.node_names import ModuleLocator
 from hat.deploy.onnx_graph import DEQUANTIZE, QUANTIZE, GraphIndex
 from hat.deploy.tensor_probe import TensorMeta, probe_tensors
+from hat.quant.precision import NO_INT8_KERNEL
 
 INT8_COMPUTE = "int8_compute"
 INT8_DATA = "int8_data"
@@ -102,6 +106,8 @@ class NodeReport:
     module: str
     flops: int
     reason: str | None = None
+    #: Why a float node is float: configured | sensitivity (a precision rule) | no int8 kernel.
+    why: str | None = None
 
     @property
     def runs_int8(self) -> bool:
@@ -117,6 +123,8 @@ class AnalysisResult:
     total_flops: int = 0
     int8_flops: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    #: Every module not at int8 (``ConversionReport.not_int8`` rows), when the caller knows them.
+    modules_not_int8: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def int8_flops_share(self) -> float | None:
@@ -135,6 +143,7 @@ class AnalysisResult:
             "counts": dict(self.counts),
             "op_types": dict(Counter(n.op_type for n in self.nodes)),
             "non_int8": [asdict(n) for n in self.non_int8()],
+            "modules_not_int8": list(self.modules_not_int8),
             "nodes": [asdict(n) for n in self.nodes],
         }
 
@@ -145,10 +154,29 @@ class AnalysisResult:
         share = self.int8_flops_share
         title = "nodes not running int8" + (f" (int8 share of FLOPs: {share:.1%})" if share is not None else "")
         table = Table(title=title)
-        for column in ("node", "op", "module", "MFLOPs", "reason"):
+        for column in ("node", "op", "module", "MFLOPs", "why", "reason"):
             table.add_column(column, overflow="fold")
         for node in self.non_int8():
-            table.add_row(node.name, node.op_type, node.module or "-", f"{node.flops / 1e6:.2f}", node.reason or "")
+            table.add_row(
+                node.name,
+                node.op_type,
+                node.module or "-",
+                f"{node.flops / 1e6:.2f}",
+                node.why or "",
+                node.reason or "",
+            )
+        return table
+
+    def render_modules_table(self) -> Any:
+        """A rich Table of the modules not at int8: their precision and why."""
+        from rich.table import Table
+
+        table = Table(title="modules not at int8")
+        for column in ("module", "kind", "activation", "weight", "why"):
+            table.add_column(column, overflow="fold")
+        for row in self.modules_not_int8:
+            why = row["reason"] + (f": {row['detail']}" if row.get("detail") else "")
+            table.add_row(row["module"], row["kind"], row["activation"], row["weight"], why)
         return table
 
 
@@ -158,12 +186,14 @@ def analyze(
     exported: onnx.ModelProto | Path | None = None,
     inputs: dict[str, np.ndarray] | None = None,
     opt_level: int | None = None,
+    modules_not_int8: Sequence[Mapping[str, str]] = (),
 ) -> AnalysisResult:
     """Classify every node of an optimized model (as onnxruntime saved it).
 
     ``exported`` (the model before optimization) maps nodes onnxruntime renamed or
     created back to torch modules; without it, node names alone are used. ``inputs``
     feeds the one run that measures tensor types and shapes (zeros by default).
+    ``modules_not_int8``: the modules the config keeps off int8 (see the module doc).
     """
     model = _load(optimized)
     reference = _load(exported) if exported is not None else None
@@ -174,19 +204,24 @@ def analyze(
     for node in model.graph.node:
         category = _category(node, meta)
         reason = None
+        why = None
+        module = locate(node)
         if category == FLOAT_COMPUTE:
             reason = compute_reason(node, index, opt_level)
         elif category == FLOAT_DATA:
             reason = data_reason(node, index, opt_level)
+        if reason is not None:
+            why, reason = _why(module, reason, modules_not_int8)
         reports.append(
             NodeReport(
                 name=node.name,
                 op_type=node.op_type,
                 domain=node.domain or "ai.onnx",
                 category=category,
-                module=locate(node),
+                module=module,
                 flops=node_flops(node, meta),
                 reason=reason,
+                why=why,
             )
         )
     total = sum(r.flops for r in reports)
@@ -197,7 +232,20 @@ def analyze(
         total_flops=total,
         int8_flops=int8,
         counts=dict(Counter(r.category for r in reports)),
+        modules_not_int8=[dict(row) for row in modules_not_int8],
     )
+
+
+def _why(module: str, reason: str, modules_not_int8: Sequence[Mapping[str, str]]) -> tuple[str, str]:
+    """(why, reason) of a float node: a precision rule's reason when its module (or a parent) has one."""
+    owner = None
+    for row in modules_not_int8:
+        path = row["module"]
+        if (module == path or module.startswith(path + ".")) and (owner is None or len(path) > len(owner["module"])):
+            owner = row
+    if owner is None or owner["reason"] == NO_INT8_KERNEL:
+        return NO_INT8_KERNEL, reason
+    return owner["reason"], f"precision: activation {owner['activation']}, weight {owner['weight']} ({owner['reason']})"
 
 
 def _load(model: onnx.ModelProto | Path) -> onnx.ModelProto:

@@ -58,6 +58,9 @@ def compute_reason(node: onnx.NodeProto, index: GraphIndex, opt_level: int | Non
         name = node.input[slot]
         source = _producer(name, index)
         if source is not None and source.op_type == DEQUANTIZE:
+            if _is_16_bit(source, index):
+                what = "weight" if source.input[0] in index.initializers else "input"
+                reasons.append(f"{what} {name} is 16-bit: onnxruntime has no int16 {_base_op(op)} kernel")
             continue
         if source is None and name in index.initializers:
             reasons.append(f"weight {name} is a float initializer, not int8")
@@ -141,6 +144,12 @@ def _data_inputs(node: onnx.NodeProto, index: GraphIndex) -> list[int]:
     if op in ("Add", "Mul"):  # a constant operand is a bias or a scale, not a second tensor
         slots = [s for s in slots if not _is_small_constant(node.input[s], index)]
     return slots
+
+
+def _is_16_bit(dq: onnx.NodeProto, index: GraphIndex) -> bool:
+    """Whether a DequantizeLinear reads 16-bit codes (an int16 layer's tensor, ``precision: int16``)."""
+    zero = index.constant(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    return zero is not None and zero.dtype in (np.int16, np.uint16)
 
 
 def _is_small_constant(name: str, index: GraphIndex) -> bool:

@@ -26,9 +26,11 @@ import torch
 from onnx import numpy_helper
 from torch.overrides import TorchFunctionMode
 
+from hat import console
 from hat.console import is_quiet
 from hat.deploy.errors import ExportError
 from hat.deploy.files import atomic_write_bytes
+from hat.deploy.int16_qdq import INT16_OPSET, has_16_bit, int16_symbolics
 from hat.deploy.node_names import module_path_of
 from hat.deploy.onnx_graph import QUANTIZE, GraphIndex
 from hat.deploy.qdq_finalize import finalize_qdq
@@ -111,10 +113,20 @@ def export_onnx(
     onnxruntime's x86 kernels fuse). Raises :class:`ExportError` if the exporter cannot
     handle an op (naming the module when it can be found), if a bias is off its int32
     grid, or if the graph holds no QuantizeLinear at all (the model was never quantized).
+
+    A model with 16-bit layers (``precision: int16``) is exported at opset 21 at least,
+    the first with int16 QuantizeLinear / DequantizeLinear (see :mod:`hat.deploy.int16_qdq`);
+    the opset used is the one recorded.
     """
+    if has_16_bit(model) and opset < INT16_OPSET:
+        console.info(
+            f"export: opset {INT16_OPSET} instead of {opset}, for the int16 QuantizeLinear of the int16 layers"
+        )
+        opset = INT16_OPSET
     # torch's own constant folding would turn the Q/DQ of a weight held in a plain
     # (non-persistent) buffer into a float constant; finalize_qdq folds everything else.
-    proto = _export_proto(model, inputs, opset, fold=False)
+    with int16_symbolics(opset):
+        proto = _export_proto(model, inputs, opset, fold=False)
     target = target or get_target(None)
     finalize_qdq(proto, activations=activations, dense_weight_max=target.dense_weight_max)
     if not any(n.op_type == QUANTIZE for n in proto.graph.node):
@@ -257,6 +269,9 @@ def _quiet_exporter_warnings() -> None:
     (:func:`hat.console.warn`, shown even then).
     """
     warnings.filterwarnings("ignore", message=r"Constant folding - ", category=UserWarning)
+    # Opset 21 (int16 Q/DQ, hat.deploy.int16_qdq) is past what torch says it supports; the
+    # ops HAT exports have the same form there, and onnx.checker checks the result.
+    warnings.filterwarnings("ignore", message=r"Exporting to ONNX opset version")
     if is_quiet():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
 

@@ -5,6 +5,13 @@ folding, redundant node removal), 2 extended (Q/DQ groups fused into int8 kernel
 as QLinearConv, QLinearAdd, QGemm), 3 all (plus layout transforms: NCHWc for float
 convs, NHWC for int8 ones). Every onnxruntime failure is re-raised as
 :class:`RuntimeFailure` naming the node and, when it can be traced, the torch module.
+
+One onnxruntime optimizer is always off: ``WeightBiasQuantization`` (from level 1)
+quantizes, with scales of its own, the float weight of a conv or matmul that reads a
+DequantizeLinear and feeds a QuantizeLinear. That is exactly the shape of a layer HAT
+keeps float on purpose (``precision: float`` between int8 layers, see
+:mod:`hat.quant.precision`); onnxruntime would run it as int8, unlike the simulation.
+A HAT export never relies on it: every weight meant to be int8 is already int8.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ OPT_LEVELS = (
     ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 )
 _PROVIDERS = ["CPUExecutionProvider"]
+#: onnxruntime optimizers HAT turns off (see the module docstring).
+DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 #: Where onnxruntime's messages name a node.
 _NODE_IN_MESSAGE = (
     re.compile(r"node with name '([^']+)'"),
@@ -157,7 +166,9 @@ def _create(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     if not path.is_file():
         raise RuntimeFailure(f"no ONNX model at {path}")
     try:
-        session = ort.InferenceSession(str(path), options, providers=_PROVIDERS)
+        session = ort.InferenceSession(
+            str(path), options, providers=_PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS
+        )
     except Exception as exc:
         raise _failure(exc, path) from exc
     session._hat_path = path  # type: ignore[attr-defined]

@@ -360,8 +360,8 @@ def _int8_scales(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Scales of an int8 activation and an int8 constant weight, or None if either is not."""
     x_dq, w_dq = index.dequantized_from(x), index.dequantized_from(w)
-    if x_dq is None or w_dq is None:
-        return None
+    if x_dq is None or w_dq is None or not (_eight_bit(x_dq, index) and _eight_bit(w_dq, index)):
+        return None  # a 16-bit layer runs in float on the device: its bias stays float
     x_scale, w_scale = index.constant(x_dq.input[1]), index.constant(w_dq.input[1])
     weight = index.constant(w_dq.input[0])
     if x_scale is None or w_scale is None or weight is None or x_scale.size != 1:
@@ -371,6 +371,14 @@ def _int8_scales(
         if axis != weight_channel_axis % weight.ndim:
             return None
     return x_scale.reshape(()), w_scale.reshape(-1)
+
+
+def _eight_bit(dq: onnx.NodeProto, index: GraphIndex) -> bool:
+    """Whether a DequantizeLinear reads 8-bit codes (its zero point's type; none means uint8)."""
+    if len(dq.input) < 3 or not dq.input[2]:
+        return True
+    zero = index.constant(dq.input[2])
+    return zero is None or zero.dtype in (np.int8, np.uint8)
 
 
 def _on_grid(bias: np.ndarray, step: np.ndarray, node: onnx.NodeProto) -> np.ndarray:

@@ -35,6 +35,8 @@ class ConvertContext:
     quant_backend: str = "torch_native"
     #: The config's top-level ``deploy_target`` (None: the portable default).
     deploy_target: str | None = None
+    #: The config's top-level ``precision`` rules (None: every layer int8; see hat.quant.precision).
+    precision: list[Any] | None = None
     #: Installed quantization backends by name (the plugin host's, handed down).
     quant_backends: Mapping[str, BackendFactory] = field(default_factory=builtin_backends)
 
@@ -65,8 +67,9 @@ class ModelConvertPipeline:
         stage: str = "float",
         deploy_target: str | None = None,
         quant_backends: Mapping[str, BackendFactory] | None = None,
+        precision: list[Any] | None = None,
     ) -> torch.nn.Module:
-        """``deploy_target``: the config's top-level value, which every stage shares.
+        """``deploy_target`` and ``precision``: the config's top-level values, which every stage shares.
 
         ``quant_backends``: the installed backends by name (default: core's built-in ones).
         """
@@ -77,6 +80,7 @@ class ModelConvertPipeline:
             qconfig_params=self.qconfig_params,
             quant_backend=self.quant_backend,
             deploy_target=deploy_target,
+            precision=precision,
             quant_backends=builtin_backends() if quant_backends is None else quant_backends,
         )
         for converter in self.converters:

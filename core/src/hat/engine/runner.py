@@ -83,6 +83,7 @@ class LoopRunner:
                 stage=ctx.stage,
                 deploy_target=ctx.config.get("deploy_target"),
                 quant_backends=ctx.quant_backends,
+                precision=ctx.config.get("precision"),
             )
         return model.to(self.device())
 

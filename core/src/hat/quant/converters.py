@@ -3,8 +3,9 @@
 They take the quantization backend the pipeline names (``quant_backend``, default
 ``torch_native``) from the backends their context was handed (the plugin host's, via
 the stage that runs the pipeline) and give it the pipeline's ``qconfig_params`` plus the
-config's ``deploy_target`` (see :mod:`hat.quant.target`); what was left float is
-printed so that nothing is silently slower on the device.
+config's ``deploy_target`` (see :mod:`hat.quant.target`) and ``precision`` rules (see
+:mod:`hat.quant.precision`); what was left float, or off int8, is printed so that
+nothing is silently slower on the device.
 
 quant is a library below the engine: the context is described here as a protocol
 (:class:`QuantContext`), which the engine's ``ConvertContext`` satisfies, so nothing
@@ -21,6 +22,8 @@ import torch
 from hat.console import info
 from hat.errors import ConfigError
 from hat.quant.backend import BackendFactory, QuantBackend
+from hat.quant.precision import CONFIG_KEY as PRECISION_KEY
+from hat.quant.precision import PrecisionError
 from hat.quant.target import CONFIG_KEY as TARGET_KEY
 from hat.quant.target import DEFAULT_TARGET
 from hat.registry import register_type
@@ -46,6 +49,10 @@ class QuantContext(Protocol):
 
     @property
     def deploy_target(self) -> str | None: ...
+    @property
+    def precision(self) -> list[Any] | None:
+        """The config's top-level ``precision`` rules (None: every layer int8)."""
+        ...
 
 
 def _backend(context: QuantContext) -> QuantBackend:
@@ -70,14 +77,24 @@ def _check_mode(context: QuantContext) -> None:
 def _prepare(context: QuantContext, stage: str, model: torch.nn.Module) -> torch.nn.Module:
     backend = _backend(context)
     prepare = backend.prepare_calibration if stage == "calibration" else backend.prepare_qat
-    if TARGET_KEY in context.qconfig_params:
-        raise ConfigError(
-            f"{TARGET_KEY} is set in model_convert_pipeline.qconfig_params",
-            hint=f"set it once at the top level of the config ({TARGET_KEY}: ...), so every stage uses the same",
-        )
+    for key in (TARGET_KEY, PRECISION_KEY):
+        if key in context.qconfig_params:
+            raise ConfigError(
+                f"{key} is set in model_convert_pipeline.qconfig_params",
+                hint=f"set it once at the top level of the config ({key}: ...), so every stage uses the same",
+            )
     params = {**context.qconfig_params, TARGET_KEY: context.deploy_target or DEFAULT_TARGET}
+    precision = getattr(context, "precision", None)
+    if precision:
+        params[PRECISION_KEY] = precision
     try:
         model, report = prepare(model, params)
+    except PrecisionError as exc:
+        raise ConfigError(
+            str(exc),
+            hint=f"fix the top-level {PRECISION_KEY} list: modules is a glob on the paths of "
+            "model.named_modules() (see docs/design.md, Per-layer precision)",
+        ) from exc
     except ValueError as exc:  # bad qconfig_params, or a model that is already quantized
         raise ConfigError(str(exc), hint="check model_convert_pipeline's qconfig_params and converters") from exc
     _announce(stage, report)

@@ -26,12 +26,22 @@ from hat.quant.observers import Observer, make_observer
 QMIN, QMAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _TAG = "_hat_qparams"
+_BOUNDARY = "_hat_boundary"
+
+
+def code_range(bits: int) -> tuple[int, int]:
+    """The signed codes of a ``bits``-wide grid: (-128, 127) or (-32768, 32767)."""
+    if bits not in (8, 16):
+        raise ValueError(f"quantization bits must be 8 or 16, got {bits}")
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 @dataclass(frozen=True)
 class QParams:
     scale: float
     zero_point: int
+    #: 8 (the default) or 16: the width of the integer grid.
+    bits: int = 8
 
 
 def tag(tensor: torch.Tensor, qparams: QParams | None) -> torch.Tensor:
@@ -46,7 +56,29 @@ def qparams_of(tensor: torch.Tensor) -> QParams | None:
 
 
 def fake_quant(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
-    return torch.fake_quantize_per_tensor_affine(x, qparams.scale, qparams.zero_point, QMIN, QMAX)
+    low, high = code_range(qparams.bits)
+    return torch.fake_quantize_per_tensor_affine(x, qparams.scale, qparams.zero_point, low, high)
+
+
+def with_boundary(tensor: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """Mark a float tensor (a float island's output) with the int8 grid its int8 consumers read it on."""
+    setattr(tag(tensor, None), _BOUNDARY, qparams)
+    return tensor
+
+
+def boundary_of(tensor: torch.Tensor) -> QParams | None:
+    """The boundary grid of a float island's output (see :func:`with_boundary`), if any."""
+    return getattr(tensor, _BOUNDARY, None) if qparams_of(tensor) is None else None
+
+
+def at_boundary(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as an int8 consumer reads it: a float island's output is quantized on its boundary grid.
+
+    Every other tensor is returned as it is. Float consumers do not call this, so the
+    tensors inside a float island stay float.
+    """
+    params = boundary_of(x)
+    return x if params is None else tag(fake_quant(x, params), params)
 
 
 def fake_quant_scalar(value: torch.Tensor) -> torch.Tensor:
@@ -82,10 +114,18 @@ class ActFakeQuant(torch.nn.Module):
         upper_bound: float | None = None,
         averaging_constant: float = 0.0,
         learnable: bool = False,
+        bits: int = 8,
+        float_output: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant must be in [0, 1], got {averaging_constant}")
+        self.qmin, self.qmax = code_range(bits)
+        self.bits = bits
+        #: A float island's boundary (``precision: float``): it calibrates and tracks like
+        #: any quantizer, but the output stays float, marked with the grid int8 consumers
+        #: read it on (:func:`at_boundary`).
+        self.float_output = float_output
         self.observer = observer or make_observer("min_max")
         self.unsigned = unsigned
         self.upper_bound = upper_bound
@@ -94,7 +134,7 @@ class ActFakeQuant(torch.nn.Module):
         self.calibrating = False
         self.enabled = True
         self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(QMIN if unsigned else 0, dtype=torch.int32))
+        self.register_buffer("zero_point", torch.tensor(self.qmin if unsigned else 0, dtype=torch.int32))
         self.register_buffer("calibrated", torch.tensor(False))
         #: Set for QAT straight from float: the first training batch sets the range.
         self.init_from_data = False
@@ -104,14 +144,14 @@ class ActFakeQuant(torch.nn.Module):
         """Called by the calibrator around its batches; leaving it freezes the scale."""
         self.calibrating = on
         if not on and self.observer.has_data:
-            self.set_threshold(self.observer.threshold(self.unsigned))
+            self.set_threshold(self.observer.threshold(self.unsigned, levels=self.levels))
 
     @torch.no_grad()
     def set_threshold(self, threshold: float) -> None:
         if self.upper_bound is not None:
             threshold = min(threshold, self.upper_bound)
         threshold = max(threshold, 1e-8)
-        self.scale.fill_(threshold / (255.0 if self.unsigned else 127.0))
+        self.scale.fill_(threshold / self.levels)
         self.calibrated.fill_(True)
 
     def enable_learning(self) -> None:
@@ -132,11 +172,16 @@ class ActFakeQuant(torch.nn.Module):
         """Whether forward rounds to the grid (not while calibrating or disabled)."""
         return self.enabled and not self.calibrating and bool(self.calibrated)
 
+    @property
+    def levels(self) -> float:
+        """Steps from 0 to the threshold: 127 or 255 (after a ReLU) at 8 bits, 32767 or 65535 at 16."""
+        return float(self.qmax - self.qmin) if self.unsigned else float(self.qmax)
+
     def qparams(self) -> QParams:
-        return QParams(float(self.scale.detach()), int(self.zero_point))
+        return QParams(float(self.scale.detach()), int(self.zero_point), self.bits)
 
     def threshold(self) -> float:
-        return float(self.scale.detach()) * (255.0 if self.unsigned else 127.0)
+        return float(self.scale.detach()) * self.levels
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,6 +194,8 @@ class ActFakeQuant(torch.nn.Module):
             return tag(x, None)
         if self.training and self.averaging_constant > 0 and not self.learnable:
             self._track(x)
+        if self.float_output:  # the scale of a float island's boundary is calibrated, not learned
+            return with_boundary(x, self.qparams())
         if self.learnable and self.training:
             with torch.no_grad():  # before the op: an in-place change after it would break backward
                 self.scale.clamp_(min=1e-8)
@@ -157,9 +204,9 @@ class ActFakeQuant(torch.nn.Module):
                 x,
                 self.scale.reshape(1),
                 self.zero_point.float().reshape(1),
-                QMIN,
-                QMAX,
-                1.0 / (x.numel() * QMAX) ** 0.5,
+                self.qmin,
+                self.qmax,
+                1.0 / (x.numel() * self.qmax) ** 0.5,
             )
             return tag(y, self.qparams())
         params = self.qparams()
@@ -177,7 +224,11 @@ class ActFakeQuant(torch.nn.Module):
         self.set_threshold(self._current(x))
 
     def extra_repr(self) -> str:
-        kind = "unsigned [0,t], zp -128" if self.unsigned else "symmetric"
+        kind = f"unsigned [0,t], zp {self.qmin}" if self.unsigned else "symmetric"
+        if self.bits != 8:
+            kind += f", {self.bits}-bit"
+        if self.float_output:
+            kind += ", float output (boundary)"
         return f"{kind}, observer={type(self.observer).__name__}, scale={float(self.scale.detach()):.6g}"
 
 
@@ -189,12 +240,28 @@ class WeightFakeQuant(torch.nn.Module):
     ``qmax`` is the deploy target's limit (127, or 64 where a non-VNNI kernel would
     saturate; see :mod:`hat.quant.target`): scale ``amax / qmax``, and the codes are
     clamped to it, so weights that grow past their frozen scale cannot leave the range.
+    ``bits=16`` (``precision: int16``) puts them on [-32767, 32767] instead (pass
+    ``qmax=32767``: no 8-bit kernel runs them, so no deploy-target limit applies);
+    ``keep_float`` (``precision: float``) passes them through unquantized for good, unlike
+    ``enabled``, which analysis tools switch on and off.
     """
 
-    def __init__(self, num_channels: int, axis: int = 0, averaging_constant: float = 1.0, qmax: int = 127) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        axis: int = 0,
+        averaging_constant: float = 1.0,
+        qmax: int = 127,
+        *,
+        bits: int = 8,
+        keep_float: bool = False,
+    ) -> None:
         super().__init__()
-        if not 1 <= qmax <= 127:
-            raise ValueError(f"weight qmax must be in [1, 127], got {qmax}")
+        self.code_min, self.code_max = code_range(bits)
+        if not 1 <= qmax <= self.code_max:
+            raise ValueError(f"weight qmax must be in [1, {self.code_max}] at {bits} bits, got {qmax}")
+        self.bits = bits
+        self.keep_float = keep_float
         self.axis = axis
         self.averaging_constant = averaging_constant
         self.qmax = int(qmax)
@@ -219,19 +286,30 @@ class WeightFakeQuant(torch.nn.Module):
         dims = [d for d in range(weight.dim()) if d != self.axis]
         return weight.detach().abs().amax(dim=dims).float().clamp(min=1e-8)
 
+    @property
+    def quantizing(self) -> bool:
+        """Whether forward rounds the weights to the grid."""
+        return self.enabled and not self.keep_float
+
+    def code_limits(self) -> tuple[int, int]:
+        """The codes the weights are clamped to."""
+        return (self.code_min, self.code_max) if self.qmax == self.code_max else (-self.qmax, self.qmax)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
+        if not self.quantizing:
             return weight
         if not self.frozen:
             if self.averaging_constant >= 1.0:
                 self.reset_scale(weight)
             elif self.averaging_constant > 0 and self.training:
                 self._track(weight)
-        low, high = (QMIN, QMAX) if self.qmax == QMAX else (-self.qmax, self.qmax)
+        low, high = self.code_limits()
         return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, low, high)
 
     def extra_repr(self) -> str:
-        return f"axis={self.axis}, range=[-{self.qmax}, {self.qmax}]"
+        if self.keep_float:
+            return f"axis={self.axis}, float"
+        return f"axis={self.axis}, range=[-{self.qmax}, {self.qmax}]" + (f", {self.bits}-bit" if self.bits != 8 else "")
 
 
 def quantize_bias(
@@ -240,11 +318,12 @@ def quantize_bias(
     """Round a bias to the int32 grid scale_in * scale_weight[c] that the runtime adds.
 
     Straight-through: the forward value is rounded, the gradient passes unchanged.
-    Without a quantized input there is no grid, and the bias stays float. A bias too large
+    Without a quantized input there is no grid, and the bias stays float; so too behind
+    a 16-bit input, which no int8 kernel reads (the layer runs in float on the device). A bias too large
     for int32 on that grid (a near-zero input range, e.g. a layer behind dead ReLUs)
     saturates, as the runtime's int32 bias would.
     """
-    if bias is None or input_q is None:
+    if bias is None or input_q is None or input_q.bits != 8:
         return bias
     step = (input_q.scale * weight_scale.detach()).to(bias.dtype)
     rounded = torch.clamp(torch.round(bias.detach() / step), INT32_MIN, INT32_MAX) * step

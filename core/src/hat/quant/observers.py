@@ -43,8 +43,12 @@ class Observer(torch.nn.Module):
     def has_data(self) -> bool:
         return bool(torch.isfinite(self.max_val))
 
-    def threshold(self, unsigned: bool) -> float:
-        """The clipping threshold t: range [-t, t], or [0, t] when ``unsigned``."""
+    def threshold(self, unsigned: bool, levels: float | None = None) -> float:
+        """The clipping threshold t: range [-t, t], or [0, t] when ``unsigned``.
+
+        ``levels``: grid steps from 0 to t (127 / 255 at 8 bits, 32767 / 65535 at 16); only
+        observers that weigh rounding against clipping use it.
+        """
         if not self.has_data:
             return 0.0
         if unsigned:
@@ -113,7 +117,7 @@ class PercentileObserver(_HistogramObserver):
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
         self.percentile = float(percentile)
 
-    def threshold(self, unsigned: bool) -> float:
+    def threshold(self, unsigned: bool, levels: float | None = None) -> float:
         hist = self._hist(unsigned)
         total = float(hist.sum())
         if total == 0:
@@ -138,7 +142,7 @@ class MSEObserver(_HistogramObserver):
         super().__init__()
         self.num_candidates = num_candidates
 
-    def threshold(self, unsigned: bool) -> float:
+    def threshold(self, unsigned: bool, levels: float | None = None) -> float:
         hist = self._hist(unsigned)
         exact = super().threshold(unsigned)
         if float(hist.sum()) == 0 or exact <= 0:
@@ -146,7 +150,7 @@ class MSEObserver(_HistogramObserver):
         width = float(self.hist_max) / NUM_BINS
         hist = hist.cpu()  # 2048 bins x 200 candidates: cheap on the CPU, and one device for all
         centres = (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * width
-        levels = 255.0 if unsigned else 127.0
+        levels = levels or (255.0 if unsigned else 127.0)
         candidates = torch.linspace(exact / self.num_candidates, exact, self.num_candidates, dtype=torch.float64)
         best, best_error = exact, float("inf")
         for t in candidates.tolist():

@@ -4,7 +4,8 @@ Module swapping, not graph tracing: models mark their boundaries (QuantStub,
 DeQuantStub, FloatFunctional) and are built from ordinary modules, so conversion works
 on any forward, including Python control flow, and the result keeps the model's own
 structure. Everything that is neither converted nor a container is listed in the
-report with the reason it stays float.
+report with the reason it stays float, and every converted module the config's
+``precision`` rules put off int8 (see :mod:`hat.quant.precision`) with its precision.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from hat.quant import qmodules as Q
 from hat.quant.fuse import ACTS, NORMS, WEIGHTED, Fused, find_and_fuse
+from hat.quant.precision import BITS, FLOAT, INT16, NO_INT8_KERNEL, LayerPrecision
 from hat.quant.qconfig import QConfig
 from hat.quant.stubs import DeQuantStub, FloatFunctional, QuantStub
 
@@ -45,27 +47,68 @@ FLOAT_REASONS = {
 }
 
 
+#: The attribute of a converted model that holds its :class:`ConversionReport`.
+_REPORT = "_hat_conversion_report"
+
+
 @dataclass
 class ConversionReport:
-    """What the converter did: quantized module paths and those left float, with reasons."""
+    """What the converter did: quantized module paths, those left float with reasons, and
+    the converted modules the ``precision`` rules put off int8."""
 
     quantized: list[tuple[str, str]] = field(default_factory=list)
     left_float: list[tuple[str, str, str]] = field(default_factory=list)
+    precision: list[tuple[str, str, LayerPrecision]] = field(default_factory=list)
+
+    def not_int8(self) -> list[dict[str, str]]:
+        """Every module not at int8, with why: ``configured`` / ``sensitivity`` (a ``precision``
+        rule's reason) or ``no int8 kernel`` (left float by the converter, ``detail`` says why)."""
+        rows = [
+            {"module": path, "kind": kind, "activation": p.activation, "weight": p.weight, "reason": p.reason}
+            for path, kind, p in self.precision
+        ]
+        rows += [
+            {
+                "module": path,
+                "kind": kind,
+                "activation": FLOAT,
+                "weight": FLOAT,
+                "reason": NO_INT8_KERNEL,
+                "detail": detail,
+            }
+            for path, kind, detail in self.left_float
+        ]
+        return rows
 
     def summary(self) -> str:
         lines = [f"{len(self.quantized)} modules quantized, {len(self.left_float)} left float"]
         lines += [f"  float: {path} ({kind}): {reason}" for path, kind, reason in self.left_float]
+        lines += [
+            f"  precision: {path} ({kind}): activation {p.activation}, weight {p.weight} ({p.reason})"
+            for path, kind, p in self.precision
+        ]
         return "\n".join(lines)
 
 
 def convert(model: torch.nn.Module, qconfig: QConfig) -> tuple[torch.nn.Module, ConversionReport]:
-    """Fold BatchNorms, then swap every supported module for its quantized form."""
+    """Fold BatchNorms, then swap every supported module for its quantized form.
+
+    Raises :class:`~hat.quant.precision.PrecisionError` (a ValueError) when a precision
+    rule names no quantized module.
+    """
     if isinstance(model, Q.QModule) or any(isinstance(m, Q.QModule) for m in model.modules()):
         raise ValueError("the model is already quantized; convert a float model")
     groups = find_and_fuse(model)
     report = ConversionReport()
     model = _swap(model, "", groups, qconfig, report)
+    qconfig.precision.check_matches(path for path, _ in report.quantized)
+    object.__setattr__(model, _REPORT, report)  # not a submodule, not in the state dict
     return model, report
+
+
+def conversion_report(model: torch.nn.Module) -> ConversionReport | None:
+    """The report of the conversion that made ``model`` (None for a model :func:`convert` did not make)."""
+    return getattr(model, _REPORT, None)
 
 
 def _swap(module: torch.nn.Module, path: str, groups, qconfig: QConfig, report: ConversionReport) -> torch.nn.Module:
@@ -81,27 +124,41 @@ def _swap(module: torch.nn.Module, path: str, groups, qconfig: QConfig, report: 
     return module
 
 
+def _quantized(path: str, kind: str, qconfig: QConfig, report: ConversionReport) -> LayerPrecision:
+    """Record a converted module; its precision from the config's rules."""
+    report.quantized.append((path, kind))
+    precision = qconfig.precision.of(path)
+    if not precision.is_int8:
+        report.precision.append((path, kind, precision))
+    return precision
+
+
+def _act_quant(qconfig: QConfig, precision: LayerPrecision, **kwargs):
+    """The output quantizer at the module's activation precision (a float one is the island's boundary)."""
+    if precision.activation == FLOAT:
+        return qconfig.act_quant(float_output=True, **kwargs)
+    return qconfig.act_quant(bits=BITS[precision.activation], **kwargs)
+
+
 def _replacement(module, path, groups, qconfig: QConfig, report: ConversionReport):
     kind = type(module).__name__
     if isinstance(module, Fused):
         return None
     if isinstance(module, QuantStub):
-        report.quantized.append((path, kind))
-        return Q.QuantInput(qconfig.act_quant())
+        return Q.QuantInput(_act_quant(qconfig, _quantized(path, kind, qconfig, report)))
     if isinstance(module, DeQuantStub):
         return Q.QDequant()
     if isinstance(module, FloatFunctional):
-        report.quantized.append((path, kind))
-        return Q.QFunctional(qconfig.act_quant())
+        return Q.QFunctional(_act_quant(qconfig, _quantized(path, kind, qconfig, report)))
     if isinstance(module, WEIGHTED):
         group = groups[id(module)]
         unsigned = group.act is not None
         upper = 6.0 if group.act == "relu6" else None
-        out = qconfig.act_quant(unsigned=unsigned, upper_bound=upper)
         cls = {torch.nn.Conv2d: Q.QConv2d, torch.nn.ConvTranspose2d: Q.QConvTranspose2d, torch.nn.Linear: Q.QLinear}[
             type(module)
         ]
-        report.quantized.append((path, kind + (f"+{group.act}" if group.act else "")))
+        precision = _quantized(path, kind + (f"+{group.act}" if group.act else ""), qconfig, report)
+        out = _act_quant(qconfig, precision, unsigned=unsigned, upper_bound=upper)
         if cls is Q.QConvTranspose2d and not Q.rewritable_as_conv(module):
             report.left_float.append(
                 (
@@ -111,21 +168,21 @@ def _replacement(module, path, groups, qconfig: QConfig, report: ConversionRepor
                     "output_padding == stride (square, ungrouped) has the exact int8 conv + depth-to-space rewrite",
                 )
             )
-        return cls(module, group.act, out, qconfig.weight_averaging_constant, qconfig.target.weight_max(module))
+        return cls(
+            module, group.act, out, qconfig.weight_averaging_constant, **_weight_args(qconfig, module, precision)
+        )
     if type(module) in ACTS:
-        report.quantized.append((path, kind))
         upper = 6.0 if isinstance(module, torch.nn.ReLU6) else None
-        return Q.QWithOutput(module, qconfig.act_quant(unsigned=True, upper_bound=upper))
+        precision = _quantized(path, kind, qconfig, report)
+        return Q.QWithOutput(module, _act_quant(qconfig, precision, unsigned=True, upper_bound=upper))
     if isinstance(module, TRANSPARENT):
         return Q.QTransparent(module)
     if isinstance(module, NEW_VALUES):
-        report.quantized.append((path, kind))
-        return Q.QWithOutput(module, qconfig.act_quant())
+        return Q.QWithOutput(module, _act_quant(qconfig, _quantized(path, kind, qconfig, report)))
     if isinstance(module, torch.nn.Upsample):
         if module.mode == "nearest":
             return Q.QTransparent(module)
-        report.quantized.append((path, kind))
-        return Q.QWithOutput(module, qconfig.act_quant())
+        return Q.QWithOutput(module, _act_quant(qconfig, _quantized(path, kind, qconfig, report)))
     if isinstance(module, NORMS):
         report.left_float.append((path, kind, "BatchNorm not preceded by a conv/linear cannot be folded"))
         return module
@@ -134,6 +191,14 @@ def _replacement(module, path, groups, qconfig: QConfig, report: ConversionRepor
             report.left_float.append((path, kind, reason))
             return module
     return None
+
+
+def _weight_args(qconfig: QConfig, module: torch.nn.Module, precision: LayerPrecision) -> dict:
+    """Weight range and precision: 16-bit weights take the whole int16 range (no 8-bit kernel
+    runs them, so the deploy target's limit does not apply)."""
+    if precision.weight == INT16:
+        return {"weight_max": 32767, "weight_bits": 16}
+    return {"weight_max": qconfig.target.weight_max(module), "weight_float": precision.weight == FLOAT}
 
 
 def quantizers(model: torch.nn.Module):

@@ -9,7 +9,8 @@ current weights, 0 keeps those computed at conversion).
 
 ``deploy_target`` is not written in ``qconfig_params``: it is the config's top-level
 ``deploy_target`` (one value for every stage), which the converters add here so that
-a backend sees it with the rest (see :mod:`hat.quant.target`).
+a backend sees it with the rest (see :mod:`hat.quant.target`). The top-level
+``precision`` rules (:mod:`hat.quant.precision`) travel the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 from hat.quant.fake_quant import ActFakeQuant
 from hat.quant.observers import OBSERVERS, make_observer
+from hat.quant.precision import CONFIG_KEY as PRECISION_KEY
+from hat.quant.precision import PrecisionMap, parse_precision
 from hat.quant.target import CONFIG_KEY as TARGET_KEY
 from hat.quant.target import DeployTarget, get_target
 
@@ -29,6 +32,7 @@ KNOWN_KEYS = {
     "activation_qat_qkwargs",
     "weight_qat_qkwargs",
     TARGET_KEY,
+    PRECISION_KEY,
 }
 
 
@@ -40,6 +44,7 @@ class QConfig:
     act_learnable: bool = False
     weight_averaging_constant: float = 1.0
     target: DeployTarget = field(default_factory=lambda: get_target(None))
+    precision: PrecisionMap = field(default_factory=PrecisionMap)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> QConfig:
@@ -69,6 +74,7 @@ class QConfig:
         target = get_target(params.get(TARGET_KEY))
         return cls(
             target=target,
+            precision=parse_precision(params.get(PRECISION_KEY)),
             observer=observer,
             observer_kwargs=observer_kwargs,
             act_averaging_constant=float(act_qat.get("averaging_constant", 0.0)),
@@ -76,10 +82,14 @@ class QConfig:
             weight_averaging_constant=float(weight_qat.get("averaging_constant", 1.0)),
         )
 
-    def act_quant(self, *, unsigned: bool = False, upper_bound: float | None = None) -> ActFakeQuant:
+    def act_quant(
+        self, *, unsigned: bool = False, upper_bound: float | None = None, bits: int = 8, float_output: bool = False
+    ) -> ActFakeQuant:
         return ActFakeQuant(
             make_observer(self.observer, **self.observer_kwargs),
             unsigned=unsigned,
             upper_bound=upper_bound,
             averaging_constant=self.act_averaging_constant,
+            bits=bits,
+            float_output=float_output,
         )

@@ -5,6 +5,11 @@ float checkpoints are loaded before conversion), a weight quantizer where it has
 weights, and an output quantizer. The same classes serve calibration, QAT and the fixed-point model:
 :meth:`QModule.freeze` turns them into the fixed-point form (weights and biases as
 constants already on the int8/int32 grid), which is what export traces.
+
+Per-layer precision (:mod:`hat.quant.precision`) lives in the quantizers (16-bit grids,
+float weights, a float output with its boundary grid); a module whose output quantizer
+is not float reads a float island's output through :func:`at_boundary`, so int8 layers
+after a float island still get int8 inputs.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from hat.quant.fake_quant import (
     ActFakeQuant,
     QParams,
     WeightFakeQuant,
+    at_boundary,
+    boundary_of,
     fake_quant,
     fake_quant_scalar,
     qparams_of,
     quantize_bias,
     tag,
+    with_boundary,
 )
 from hat.quant.stubs import check_scalar
 
@@ -37,6 +45,11 @@ class QModule(torch.nn.Module):
 
     def freeze(self) -> None:
         self.frozen = True
+
+
+def reads_int8(out_quant: ActFakeQuant) -> bool:
+    """Whether a module with this output quantizer quantizes what it reads (it is not part of a float island)."""
+    return not out_quant.float_output
 
 
 class QuantInput(QModule):
@@ -73,6 +86,9 @@ class _Weighted(QModule):
         out_quant: ActFakeQuant,
         weight_averaging: float,
         weight_max: int = 127,
+        *,
+        weight_bits: int = 8,
+        weight_float: bool = False,
     ):
         super().__init__()
         if act is not None and act not in ACTIVATIONS:
@@ -81,17 +97,31 @@ class _Weighted(QModule):
         self.act = act
         self.out_quant = out_quant
         channels = module.weight.shape[self.weight_axis]
-        self.weight_quant = WeightFakeQuant(channels, self.weight_axis, weight_averaging, qmax=weight_max)
+        self.weight_quant = WeightFakeQuant(
+            channels, self.weight_axis, weight_averaging, qmax=weight_max, bits=weight_bits, keep_float=weight_float
+        )
         self.weight_quant.reset_scale(module.weight)
         self.register_buffer("input_scale", torch.tensor(0.0))
 
     # -- pieces -----------------------------------------------------------------------------
+    def _read(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as this layer reads it (a float island's output on its boundary grid, unless
+        this layer is in the island too)."""
+        return at_boundary(x) if reads_int8(self.out_quant) else x
+
     def _input_qparams(self, x: torch.Tensor) -> QParams | None:
         q = qparams_of(x)
         if q is not None and not self.frozen:
             with torch.no_grad():
                 self.input_scale.fill_(q.scale)
+        if q is not None:
+            self.input_bits = q.bits  # the bias is on an int32 grid only behind an 8-bit input
         return q
+
+    def _bias_grid(self, input_q: QParams | None) -> QParams | None:
+        """The input grid the bias is rounded against: none unless the weight is on an 8-bit grid too."""
+        weight = self.weight_quant
+        return input_q if weight.quantizing and weight.bits == 8 else None
 
     def _bias_scale(self) -> torch.Tensor:
         """Per-output-channel weight scale, aligned with the bias."""
@@ -100,10 +130,11 @@ class _Weighted(QModule):
     def _quantized_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_q = self._input_qparams(x)
         weight = self.weight_quant(self.module.weight)
-        return weight, quantize_bias(self.module.bias, input_q, self._bias_scale())
+        return weight, quantize_bias(self.module.bias, self._bias_grid(input_q), self._bias_scale())
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
-        if self.act is not None and not self.out_quant.quantizing:
+        clamps = self.out_quant.quantizing and not self.out_quant.float_output
+        if self.act is not None and not clamps:
             y = ACTIVATIONS[self.act][0](y)  # once quantizing, the quantizer's clamp is the activation
         return self.out_quant(y)
 
@@ -117,11 +148,21 @@ class _Weighted(QModule):
         self.weight_quant.frozen = True
         weight = self.weight_quant(self.module.weight).detach()
         known = float(self.input_scale) > 0
-        input_q = QParams(float(self.input_scale), 0) if known else None
-        bias = quantize_bias(self.module.bias, input_q, self._bias_scale())
+        input_q = QParams(float(self.input_scale), 0, getattr(self, "input_bits", 8)) if known else None
+        bias = quantize_bias(self.module.bias, self._bias_grid(input_q), self._bias_scale())
         self.register_buffer("frozen_weight", weight, persistent=False)
         self.register_buffer("frozen_bias", None if bias is None else bias.detach(), persistent=False)
         super().freeze()
+
+    def _constant_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """A constant already on the grid, fake-quantized again so export writes Q/DQ
+        (the exporter's post-pass folds that into an int8 (or int16) initializer). A float
+        weight stays as it is."""
+        if not self.weight_quant.quantizing:
+            return weight
+        zeros = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+        low, high = self.weight_quant.code_min, self.weight_quant.code_max
+        return torch.fake_quantize_per_channel_affine(weight, scale, zeros, 0, low, high)
 
     def extra_repr(self) -> str:
         return f"act={self.act}"
@@ -130,6 +171,7 @@ class _Weighted(QModule):
 class QConv2d(_Weighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.module
+        x = self._read(x)
         if self.frozen:
             self._input_qparams(x)
             weight = self._constant_weight(self.frozen_weight, self.weight_quant.scale)
@@ -137,19 +179,13 @@ class QConv2d(_Weighted):
         weight, bias = self._quantized_params(x)
         return self._finish(conv._conv_forward(x, weight, bias))
 
-    @staticmethod
-    def _constant_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """A constant already on the grid, fake-quantized again so export writes Q/DQ
-        (the exporter's post-pass folds that into an int8 initializer)."""
-        zeros = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zeros, 0, -128, 127)
-
 
 class QLinear(_Weighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._read(x)
         if self.frozen:
             self._input_qparams(x)
-            weight = QConv2d._constant_weight(self.frozen_weight, self.weight_quant.scale)
+            weight = self._constant_weight(self.frozen_weight, self.weight_quant.scale)
             return self._finish(F.linear(x, weight, self.frozen_bias))
         weight, bias = self._quantized_params(x)
         return self._finish(F.linear(x, weight, bias))
@@ -176,11 +212,12 @@ class QConvTranspose2d(_Weighted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deconv = self.module
+        x = self._read(x)
         if self.frozen and self.phases is not None:
             return self._phase_convs(x)
         if self.frozen and self.as_conv_padding is not None:
             self._input_qparams(x)
-            weight = QConv2d._constant_weight(self.conv_weight, self.conv_weight_scale)
+            weight = self._constant_weight(self.conv_weight, self.conv_weight_scale)
             y = F.conv2d(x, weight, self.conv_bias, padding=self.as_conv_padding)
             y = self._finish(y)
             params = qparams_of(y)
@@ -213,7 +250,7 @@ class QConvTranspose2d(_Weighted):
         params_in = qparams_of(x)
         outputs = []
         for index, (left, right, top, bottom) in enumerate(self.phases):
-            weight = QConv2d._constant_weight(getattr(self, f"phase_weight_{index}"), self.weight_quant.scale)
+            weight = self._constant_weight(getattr(self, f"phase_weight_{index}"), self.weight_quant.scale)
             padded = F.pad(x, (left, right, top, bottom))
             if params_in is not None:  # zero padding is exact on the input's grid
                 tag(padded, params_in)
@@ -352,24 +389,33 @@ class QFunctional(QModule):
         super().__init__()
         self.out_quant = out_quant
 
+    def _read(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        if not reads_int8(self.out_quant):
+            return list(tensors)
+        return [at_boundary(t) for t in tensors]
+
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = self._read(a, b)
         return self.out_quant(torch.add(a, b))
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = self._read(a, b)
         return self.out_quant(torch.mul(a, b))
 
     def mul_scalar(self, x: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
         """The product with the constant on its own 8-bit grid (see :func:`fake_quant_scalar`),
         so the exported graph reads it through a DequantizeLinear and fuses to QLinearMul."""
         scalar = check_scalar(scalar)
-        if self.out_quant.quantizing:
+        (x,) = self._read(x)
+        if self.out_quant.quantizing and not self.out_quant.float_output:
             scalar = fake_quant_scalar(scalar)
         return self.out_quant(torch.mul(x, scalar))
 
     def cat(self, tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-        return self.out_quant(torch.cat(list(tensors), dim=dim))
+        return self.out_quant(torch.cat(self._read(*tensors), dim=dim))
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = self._read(a, b)
         return self.out_quant(torch.matmul(a, b))
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
@@ -389,7 +435,10 @@ class QTransparent(QModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = qparams_of(x)
+        boundary = boundary_of(x)
         y = self.module(x)
+        if boundary is not None:  # a float island's output moved: still float, same boundary
+            return with_boundary(y, boundary)
         return y if params is None else tag(fake_quant(y, params), params)
 
 
@@ -403,4 +452,6 @@ class QWithOutput(QModule):
         self.out_quant = out_quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if reads_int8(self.out_quant):
+            x = at_boundary(x)
         return self.out_quant(self.module(x))

@@ -22,6 +22,8 @@ from hat.engine.converters import ConvertContext, ModelConvertPipeline
 from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
+from hat.quant.precision import CONFIG_KEY as PRECISION_KEY
+from hat.quant.precision import precision_of_config
 from hat.quant.target import DeployTarget, get_target, target_name_of
 from hat.usecases.stages import StageConfig, check_prerequisites, remember_config, seed_everything
 
@@ -98,6 +100,7 @@ def fixed_point_model(
         stage=stage,
         deploy_target=target_name_of(stage_cfg.config),
         quant_backends=backends,
+        precision=stage_cfg.config.get(PRECISION_KEY),
     ).eval()
     with torch.no_grad():
         model(inputs)  # records each layer's input grid, which freezing puts the biases on
@@ -130,6 +133,7 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
     _check_trained_target(checkpoints, target.name, stage_cfg)
+    _check_trained_precision(checkpoints, stage_cfg)
     remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
     out = export_dir(stage_cfg)
     info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
@@ -137,6 +141,8 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     extra = {
         "stage": stage,
         "config": stage_cfg.config.name,
+        # every module not at int8 and why (precision rules, or no int8 form): what check lists
+        "modules_not_int8": _modules_not_int8(fixed),
         "source_checkpoint": [str(p) for p in checkpoints],
         "float_model": str(float_info.path),
         # what every later reader checks the models against (hat.deploy.files.verified_export)
@@ -146,6 +152,13 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     for warning in info.warnings:
         console.warn(warning)
     return Exported(stage, info.path, float_info.path, {**info.to_dict(), **extra})
+
+
+def _modules_not_int8(model: torch.nn.Module) -> list[dict[str, str]]:
+    from hat.quant.prepare import conversion_report
+
+    report = conversion_report(model)
+    return report.not_int8() if report is not None else []
 
 
 def _check_trained_target(checkpoints: list[Path], target: str, stage_cfg: StageConfig) -> None:
@@ -167,6 +180,31 @@ def _check_trained_target(checkpoints: list[Path], target: str, stage_cfg: Stage
                 f"{path} was {payload['stage']}-trained for deploy target {trained!r}, "
                 f"but this export is for {target!r}",
                 hint=f"export with --set deploy_target={trained}, or re-run `{retrain}` first",
+            )
+
+
+def _check_trained_precision(checkpoints: list[Path], stage_cfg: StageConfig) -> None:
+    """The checkpoint being exported was calibrated / trained with the precision rules it is exported with.
+
+    The rules decide which grids calibration fitted and QAT trained on, and the scales
+    are stored the same way at every precision: a checkpoint would load under other rules
+    without complaint and deploy layers on grids it was never evaluated with.
+    """
+    from hat.engine.checkpoint_io import load_checkpoint
+
+    wanted = precision_of_config(stage_cfg.config.data)
+    for path in checkpoints:
+        payload = load_checkpoint(path)
+        if payload.get("stage") not in QUANT_STAGES or not isinstance(payload.get("config"), dict):
+            continue
+        trained = precision_of_config(payload["config"])
+        if trained != wanted:
+            retrain = hint_command(stage_cfg, f"train --stage {payload['stage']}")
+            raise UserError(
+                f"{path} was {payload['stage']}-trained with {PRECISION_KEY} {trained or '[] (all int8)'}, "
+                f"but this export asks for {wanted or '[] (all int8)'}",
+                hint=f"export with the {PRECISION_KEY} rules it was trained with, or re-run `{retrain}` with the "
+                "new rules first",
             )
 
 
@@ -302,7 +340,13 @@ def check(
     compiled = backend.compile(exported.onnx_path, level, export_dir(stage_cfg) / workdir.check_model_name(level))
     feeds = _example_feeds(exported.info)
     backend.run(backend.session(exported.onnx_path, threads=1, opt_level=level), feeds)
-    analysis = analyze(compiled, exported=exported.onnx_path, inputs=feeds, opt_level=level)
+    analysis = analyze(
+        compiled,
+        exported=exported.onnx_path,
+        inputs=feeds,
+        opt_level=level,
+        modules_not_int8=exported.info.get("modules_not_int8") or [],
+    )
     saturation = exported.info["saturation"]  # proven by export, on the graph it wrote
     record = {**analysis.to_dict(), "deploy_target": exported.info.get("deploy_target"), "saturation": saturation}
     (export_dir(stage_cfg) / workdir.CHECK_INFO).write_text(json.dumps(record, indent=2) + "\n")

@@ -75,6 +75,7 @@ def load_stage_config(
             stored = workdir_config.drop_meta(load_config(remembered.path, defaults=defaults))
             workdir_config.check_same_model(cfg, stored, chosen, remembered)
     _check_target(cfg)
+    _check_precision(cfg)
     _check_seed(cfg)
     return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
 
@@ -104,6 +105,23 @@ def _check_target(cfg: Config) -> None:
             str(exc),
             where=cfg.locate(CONFIG_KEY) or str(cfg.path),
             hint="portable runs exactly on every x86 CPU; vnni only where onnxruntime uses VNNI kernels",
+        ) from None
+
+
+def _check_precision(cfg: Config) -> None:
+    """A malformed ``precision`` rule fails here, naming the entry and its line, before any work.
+
+    Whether each glob matches a module is checked when the model is converted."""
+    from hat.quant.precision import CONFIG_KEY, PrecisionError, parse_precision
+
+    try:
+        parse_precision(cfg.get(CONFIG_KEY))
+    except PrecisionError as exc:
+        key = CONFIG_KEY if exc.index is None else f"{CONFIG_KEY}.{exc.index}"
+        raise ConfigError(
+            str(exc),
+            where=cfg.locate(key) or str(cfg.path),
+            hint="each rule is {modules: GLOB, activation: int8|int16|float, weight: ..., reason: configured}",
         ) from None
 
 
