@@ -162,6 +162,27 @@ def test_a_bad_export_stops_the_deploy_commands_naming_the_file_and_the_fix(
         assert not (work / name).exists(), name
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("compile.runs=0", "compile.runs must be an integer >= 1, got 0"),
+        ("compile.threads=-1", "compile.threads must be an integer >= 1, got -1"),
+        ("compile.warmup=abc", "compile.warmup must be an integer >= 0, got 'abc'"),
+        ("compile.runs=2.5", "compile.runs must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_a_bad_compile_count_is_a_usage_error_naming_the_set(
+    toy_engine_host, capsys, work: Path, setting: str, says: str
+) -> None:
+    """Not the backend's bare ValueError (exit 1): what, where it was set, what next; nothing compiled."""
+    code, out, err = run_cli("compile", "toy", "--work-dir", str(work), "--set", setting)
+    flat = " ".join(err.split())
+    assert code == 2, (out, err)
+    assert says in flat and f"where: --set {setting}" in flat and "next:" in flat
+    assert "Traceback" not in err + out and "the work failed" not in flat
+    assert not (work / "compile").exists()
+
+
 def test_check_exports_again_so_a_foreign_model_is_replaced_by_this_tasks(toy_engine_host, capsys, work: Path) -> None:
     """`hat check` is export + compile + run: it writes model.onnx itself, then checks what it wrote."""
     _replace_model(work)

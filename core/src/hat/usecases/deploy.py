@@ -242,6 +242,26 @@ def _compile_settings(stage_cfg: StageConfig, **given: Any) -> dict[str, Any]:
     return settings
 
 
+#: compile's counts and their least value (warm-up may be skipped; a run needs a thread).
+_COMPILE_COUNTS = {"threads": 1, "warmup": 0, "runs": 1}
+
+
+def _check_counts(stage_cfg: StageConfig, settings: dict[str, Any]) -> None:
+    """A bad ``compile.threads/warmup/runs`` is the user's to fix, named where it was set.
+
+    The backend would only raise a bare ValueError (exit 1), after compiling; the
+    command-line options are range-checked by typer already, so only config values land here.
+    """
+    for key, least in _COMPILE_COUNTS.items():
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(
+                f"compile.{key} must be an integer >= {least}, got {value!r}",
+                where=stage_cfg.config.locate(f"compile.{key}"),
+                hint=f"e.g. --set compile.{key}={max(least, 1)}",
+            )
+
+
 def _backend(name: str, host: PluginHost):
     backends = host.compile_backends.items
     if name not in backends:
@@ -270,6 +290,7 @@ def compile_model(
     host = host or get_host()
     model_path, float_path, meta = _exported(stage_cfg)
     settings = _compile_settings(stage_cfg, opt=opt, threads=threads, runs=runs)
+    _check_counts(stage_cfg, settings)
     backend = _backend(settings["backend"], host)
     out_dir = workdir.compile_dir(stage_cfg.work_dir)
     level = int(settings["opt"])
