@@ -20,6 +20,8 @@ def test_ctrl_c_in_a_command_says_what_was_interrupted_and_how_to_resume(toy_hos
     assert result.code == 130
     assert f"interrupted: hat train toy --stage float --work-dir {tmp_path}" in result.err
     assert "--resume" in result.err and "Traceback" not in result.err
+    # nothing was saved here: the message must not promise a checkpoint to resume from
+    assert "without it if none was saved yet" in " ".join(result.err.split())
 
 
 class Generator:

@@ -634,7 +634,8 @@ def demo_command(
 
 #: What a user does after interrupting a command, by command.
 _AFTER_INTERRUPT = {
-    "train": "the last checkpoint is kept: run the same command with --resume to continue",
+    "train": "the checkpoints saved so far are kept: run the same command with --resume to continue "
+    "(without it if none was saved yet)",
     "pack": "the unfinished pack is marked incomplete: run the same command again to replace it",
     "demo": "run the same command again: it reuses the synthetic data it wrote and redoes the rest",
 }
