@@ -161,3 +161,13 @@ def test_an_alias_bomb_is_refused_quickly_with_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="expands to more than 100000 values") as err:
         load_config(path)
     assert err.value.where.startswith(f"{path}:")
+
+
+def test_a_config_file_over_the_size_bound_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A megabyte of YAML is no config (issue 12, item 18: bound the config's size too)."""
+    from hat.config import MAX_CONFIG_CHARS
+
+    path = write(tmp_path / "huge.yaml", "seed: 0\n" + "# padding\n" * (MAX_CONFIG_CHARS // 10))
+    with pytest.raises(ConfigError, match=f"more than a config can be \\({MAX_CONFIG_CHARS}\\)") as err:
+        load_config(path)
+    assert err.value.where == str(path) and "the config you meant" in err.value.hint

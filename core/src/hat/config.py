@@ -138,7 +138,9 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     if len(text) > MAX_CONFIG_CHARS:
         raise ConfigError(
-            f"config file is {len(text)} characters, more than a config can be ({MAX_CONFIG_CHARS})", where=str(path)
+            f"config file is {len(text)} characters, more than a config can be ({MAX_CONFIG_CHARS})",
+            where=str(path),
+            hint="check that this is the config you meant (a config is a few hundred lines of YAML)",
         )
     try:
         node = yaml.compose(text, Loader=_Loader)
