@@ -210,3 +210,34 @@ def test_switches_are_left_as_they_were(models) -> None:
         assert layers[1].quantizers[0].enabled
     assert not layers[1].quantizers[0].enabled
     assert all(q.enabled for layer in layers if layer is not layers[1] for q in layer.quantizers[:1])
+
+
+def _calibrated(precision: list[dict]) -> nn.Module:
+    torch.manual_seed(0)
+    model, _ = convert(randomize_bn(ThreeConvs()).eval(), QConfig.from_params({"precision": precision}))
+    model.eval()
+    with torch.no_grad(), calibration_mode(model):
+        for i in range(3):
+            model(_inputs(i))
+    return model
+
+
+def test_a_layer_configured_int16_costs_far_less_alone() -> None:
+    int8 = {layer.name: layer for layer in measure_sensitivity(_calibrated([]), _samples(1)).layers}
+    wide = _calibrated([{"modules": "second.0", "activation": "int16"}])
+    int16 = {layer.name: layer for layer in measure_sensitivity(wide, _samples(1)).layers}
+    # its own cost, not its output's SQNR (which carries the int8 noise of the layers before it)
+    assert int16["second.0"].only_quantized_sqnr_db > int8["second.0"].only_quantized_sqnr_db + 30
+    assert int16["second.0"].sqnr_db == pytest.approx(int8["second.0"].sqnr_db, abs=3)
+
+
+def test_an_exact_layer_is_inf_in_the_records() -> None:
+    from hat.quant.sensitivity import LayerSensitivity, SensitivityReport
+    from hat.usecases.analyze import layer_records
+
+    exact = LayerSensitivity("a", "QConv2d", 0, math.inf, math.inf, 20.0)
+    noisy = LayerSensitivity("b", "QConv2d", 1, 30.0, 25.0, math.inf)
+    records = layer_records(SensitivityReport([exact, noisy], output_sqnr_db=25.0, samples=1, batches=1))
+    assert [r["name"] for r in records] == ["b", "a"]  # the exact layer ranks last
+    assert records[1]["sqnr_db"] == "inf" and records[1]["only_quantized"]["output_sqnr_db"] == "inf"
+    assert records[0]["only_float"] == {"output_sqnr_db": "inf"}
