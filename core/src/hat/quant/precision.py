@@ -169,5 +169,7 @@ def rules_to_config(rules: Iterable[PrecisionRule]) -> list[dict[str, str]]:
 
 
 def precision_of_config(config: Mapping[str, Any] | None) -> list[dict[str, str]]:
-    """A resolved config's precision rules, normalised (defaults filled in) for comparison."""
-    return parse_precision((config or {}).get(CONFIG_KEY)).to_list()
+    """A resolved config's precision rules, normalised for comparison: defaults filled in,
+    ``reason`` left out (who chose a precision does not change the grids a checkpoint holds)."""
+    rules = parse_precision((config or {}).get(CONFIG_KEY)).to_list()
+    return [{key: value for key, value in rule.items() if key != "reason"} for rule in rules]

@@ -92,6 +92,7 @@ def fixed_point_model(
     host = host or get_host()
     seed_everything(int(stage_cfg.config.get("seed", 0)))
     pipeline, _ = _pipeline(stage_cfg, stage, host)
+    _check_trained_precision(pipeline.checkpoint_paths(), stage_cfg)  # before loading: other grids would not load
     model, inputs = build_deploy_model(stage_cfg.config, host.registry)
     backends = host.quant_backends.items
     model = pipeline(
@@ -133,7 +134,6 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
     _check_trained_target(checkpoints, target.name, stage_cfg)
-    _check_trained_precision(checkpoints, stage_cfg)
     remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
     out = export_dir(stage_cfg)
     info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
