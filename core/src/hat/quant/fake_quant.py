@@ -6,7 +6,10 @@ simulation and the exported graph are the same arithmetic.
 
 Activations: int8 per tensor, symmetric (zero point 0, scale t/127), or, right after a
 ReLU, over [0, t] with zero point -128 (scale t/255): the quantizer's clamp then *is* the
-ReLU, which lets onnxruntime fuse Conv + Q into one int8 kernel. Weights: int8
+ReLU, which lets onnxruntime fuse Conv + Q into one int8 kernel. With ``asymmetric``
+(``activation_symmetry: asymmetric``) an 8-bit activation not after a ReLU takes the
+observed [lo, hi] instead: scale (hi - lo)/255 and the zero point that puts 0.0 exactly
+on a code, so no code is spent on values that never occur. Weights: int8
 symmetric per output channel, scale amax/qmax (values land in [-qmax, qmax], qmax set
 by the deploy target: 127, or 64 for dense kernels on the portable target).
 
@@ -104,6 +107,11 @@ class ActFakeQuant(torch.nn.Module):
     ``averaging_constant`` c moves the range toward each batch's (c = 0 keeps the
     calibrated scale, c = 1 takes the current tensor's); ``learnable`` makes the scale a
     parameter trained with the weights (LSQ-style gradients from torch's op).
+
+    ``asymmetric`` (8-bit only, and not after a ReLU, whose [0, t] grid already has its own
+    zero point): the range is [lo, hi] rather than [-t, t]. Calibration and averaging
+    move both ends; a learned scale leaves the zero point where calibration put it (the
+    code of 0.0 never moves, so 0.0 stays exact), and the range scales around 0.0.
     """
 
     def __init__(
@@ -116,6 +124,7 @@ class ActFakeQuant(torch.nn.Module):
         learnable: bool = False,
         bits: int = 8,
         float_output: bool = False,
+        asymmetric: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= averaging_constant <= 1.0:
@@ -128,6 +137,8 @@ class ActFakeQuant(torch.nn.Module):
         self.float_output = float_output
         self.observer = observer or make_observer("min_max")
         self.unsigned = unsigned
+        #: 16-bit grids stay symmetric: one bit of 16 is not worth a zero point.
+        self.asymmetric = asymmetric and not unsigned and bits == 8
         self.upper_bound = upper_bound
         self.averaging_constant = averaging_constant
         self.learnable = learnable
@@ -144,15 +155,45 @@ class ActFakeQuant(torch.nn.Module):
         """Called by the calibrator around its batches; leaving it freezes the scale."""
         self.calibrating = on
         if not on and self.observer.has_data:
-            self.set_threshold(self.observer.threshold(self.unsigned, levels=self.levels))
+            if self.asymmetric:
+                self.set_range(*self.observer.range(levels=self.levels))
+            else:
+                self.set_threshold(self.observer.threshold(self.unsigned, levels=self.levels))
 
     @torch.no_grad()
     def set_threshold(self, threshold: float) -> None:
         if self.upper_bound is not None:
             threshold = min(threshold, self.upper_bound)
         threshold = max(threshold, 1e-8)
+        if self.asymmetric:  # [-t, t] on an asymmetric grid: zero point 0 (or -1 after rounding)
+            self.set_range(-threshold, threshold)
+            return
         self.scale.fill_(threshold / self.levels)
         self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def set_range(self, low: float, high: float) -> None:
+        """An asymmetric grid over [low, high], stretched to hold 0.0, with 0.0 exactly on a code.
+
+        scale = (high - low) / levels; zero point = qmin + round(-low / scale), clamped to
+        the codes, so the code ``zero_point`` is exactly 0.0 (ONNX pads a conv's input with
+        its zero point). Only for an ``asymmetric`` quantizer.
+        """
+        if not self.asymmetric:
+            raise ValueError("set_range is for asymmetric quantizers; use set_threshold")
+        low, high = min(low, 0.0), max(high, 0.0)
+        if self.upper_bound is not None:
+            high = min(high, self.upper_bound)
+        scale = max(high - low, 1e-8) / self.levels
+        zero = min(max(self.qmin + round(-low / scale), self.qmin), self.qmax)
+        self.scale.fill_(scale)
+        self.zero_point.fill_(zero)
+        self.calibrated.fill_(True)
+
+    def range(self) -> tuple[float, float]:
+        """The values the grid holds: [(qmin - zp) * scale, (qmax - zp) * scale]."""
+        scale, zero = float(self.scale.detach()), int(self.zero_point)
+        return (self.qmin - zero) * scale, (self.qmax - zero) * scale
 
     def enable_learning(self) -> None:
         """Make the scale a trainable parameter (QAT with learned scales).
@@ -174,13 +215,17 @@ class ActFakeQuant(torch.nn.Module):
 
     @property
     def levels(self) -> float:
-        """Steps from 0 to the threshold: 127 or 255 (after a ReLU) at 8 bits, 32767 or 65535 at 16."""
-        return float(self.qmax - self.qmin) if self.unsigned else float(self.qmax)
+        """Steps from 0 to the threshold: 127 or 255 (after a ReLU) at 8 bits, 32767 or 65535 at 16;
+        for an asymmetric grid, from its low end to its high end (255)."""
+        return float(self.qmax - self.qmin) if self.unsigned or self.asymmetric else float(self.qmax)
 
     def qparams(self) -> QParams:
         return QParams(float(self.scale.detach()), int(self.zero_point), self.bits)
 
     def threshold(self) -> float:
+        """The largest magnitude the grid holds."""
+        if self.asymmetric:
+            return max(abs(end) for end in self.range())
         return float(self.scale.detach()) * self.levels
 
     # -- forward ----------------------------------------------------------------------------
@@ -218,18 +263,33 @@ class ActFakeQuant(torch.nn.Module):
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:
         c = self.averaging_constant
+        if self.asymmetric:
+            (low, high), (x_low, x_high) = self.range(), _extremes(x)
+            self.set_range((1 - c) * low + c * x_low, (1 - c) * high + c * x_high)
+            return
         self.set_threshold((1 - c) * self.threshold() + c * self._current(x))
 
+    @torch.no_grad()
     def _track_first(self, x: torch.Tensor) -> None:
+        if self.asymmetric:
+            self.set_range(*_extremes(x))
+            return
         self.set_threshold(self._current(x))
 
     def extra_repr(self) -> str:
         kind = f"unsigned [0,t], zp {self.qmin}" if self.unsigned else "symmetric"
+        if self.asymmetric:
+            kind = f"asymmetric, zp {int(self.zero_point)}"
         if self.bits != 8:
             kind += f", {self.bits}-bit"
         if self.float_output:
             kind += ", float output (boundary)"
         return f"{kind}, observer={type(self.observer).__name__}, scale={float(self.scale.detach()):.6g}"
+
+
+def _extremes(x: torch.Tensor) -> tuple[float, float]:
+    x = x.detach()
+    return float(x.min()), float(x.max())
 
 
 class WeightFakeQuant(torch.nn.Module):

@@ -7,8 +7,11 @@ a histogram of |x| kept in fixed-size buffers. Observer buffers are not persiste
 what calibration leaves behind is the quantizer's scale, so checkpoints of models
 calibrated with different observers have the same keys.
 
-Only magnitudes matter: activations are quantized symmetrically (range [-t, t]) or,
-right after a ReLU, over [0, t]; either way the observer's job is the threshold t.
+Symmetric activations (range [-t, t]) and those right after a ReLU ([0, t]) need only a
+threshold t (:meth:`Observer.threshold`). Asymmetric ones (``activation_symmetry:
+asymmetric``, see :mod:`hat.quant.qconfig`) need both ends, [lo, hi] with lo <= 0 <= hi
+(:meth:`Observer.range`): the histograms keep the negative side apart from the positive
+one for that, so every observer can clip each end on its own.
 """
 
 from __future__ import annotations
@@ -55,13 +58,25 @@ class Observer(torch.nn.Module):
             return max(float(self.max_val), 0.0)
         return max(abs(float(self.min_val)), abs(float(self.max_val)))
 
+    def range(self, levels: float = 255.0) -> tuple[float, float]:
+        """The clipping range [lo, hi] of an asymmetric grid; it always holds 0.0.
+
+        0.0 must be a code (ONNX pads with the zero point, and a ReLU's zeros must stay
+        exact), so a range seen only on one side of 0 is stretched to reach it.
+        ``levels``: grid steps from lo to hi (255 at 8 bits).
+        """
+        if not self.has_data:
+            return 0.0, 0.0
+        return min(float(self.min_val), 0.0), max(float(self.max_val), 0.0)
+
 
 class MinMaxObserver(Observer):
     """The extremes seen over all calibration batches."""
 
 
 class _HistogramObserver(Observer):
-    """A histogram of |x| (or of x > 0 for unsigned ranges) over [0, hist_max].
+    """A histogram of |x| (or of x > 0 for unsigned ranges) over [0, hist_max], and one of
+    -x for x < 0 (the negative side, for asymmetric ranges).
 
     When a batch exceeds the current upper edge, the histogram is re-binned into a
     range twice as wide as needed, so re-binning happens a few times, not per batch.
@@ -71,6 +86,7 @@ class _HistogramObserver(Observer):
         super().__init__()
         self.register_buffer("hist_abs", torch.zeros(NUM_BINS, dtype=torch.float64), persistent=False)
         self.register_buffer("hist_pos", torch.zeros(NUM_BINS, dtype=torch.float64), persistent=False)
+        self.register_buffer("hist_neg", torch.zeros(NUM_BINS, dtype=torch.float64), persistent=False)
         self.register_buffer("hist_max", torch.tensor(0.0), persistent=False)
 
     def _observe(self, x: torch.Tensor) -> None:
@@ -82,6 +98,9 @@ class _HistogramObserver(Observer):
         positive = x[x > 0]
         if positive.numel():
             self.hist_pos += torch.histc(positive, bins=NUM_BINS, min=0.0, max=edge).double()
+        negative = x[x < 0]
+        if negative.numel():
+            self.hist_neg += torch.histc(-negative, bins=NUM_BINS, min=0.0, max=edge).double()
 
     def _rebin(self, new_max: float) -> None:
         old_max = float(self.hist_max)
@@ -91,7 +110,7 @@ class _HistogramObserver(Observer):
                 old_max / NUM_BINS
             )
             index = (centres / new_max * NUM_BINS).long().clamp(max=NUM_BINS - 1)
-            for name in ("hist_abs", "hist_pos"):
+            for name in ("hist_abs", "hist_pos", "hist_neg"):
                 old = getattr(self, name)
                 fresh = torch.zeros_like(old)
                 fresh.index_add_(0, index, old)
@@ -106,6 +125,12 @@ class _HistogramObserver(Observer):
         return (torch.arange(1, NUM_BINS + 1, dtype=torch.float64, device=self.hist_abs.device)) * (
             float(self.hist_max) / NUM_BINS
         )
+
+    def _sides(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(negative-side histogram of -x, positive-side histogram of x, count of exact zeros), on the CPU."""
+        neg, pos = self.hist_neg.cpu(), self.hist_pos.cpu()
+        zeros = max(float(self.hist_abs.sum()) - float(neg.sum()) - float(pos.sum()), 0.0)
+        return neg, pos, zeros
 
 
 class PercentileObserver(_HistogramObserver):
@@ -128,6 +153,18 @@ class PercentileObserver(_HistogramObserver):
         index = min(index, NUM_BINS - 1)
         exact = super().threshold(unsigned)
         return min(float(self._edges()[index]), exact)
+
+    def range(self, levels: float = 255.0) -> tuple[float, float]:
+        """Each end clipped at half the tail the symmetric threshold clips: (100 - p) / 2 percent
+        of all values lie below lo and as many above hi (onnxruntime's asymmetric percentile)."""
+        lo, hi = super().range(levels)
+        neg, pos, zeros = self._sides()
+        total = float(neg.sum()) + float(pos.sum()) + zeros
+        if total == 0:
+            return lo, hi
+        allowed = total * (100.0 - self.percentile) / 200.0
+        edges = self._edges().cpu()
+        return -min(_tail_cut(neg, edges, allowed), -lo), min(_tail_cut(pos, edges, allowed), hi)
 
 
 class MSEObserver(_HistogramObserver):
@@ -162,6 +199,47 @@ class MSEObserver(_HistogramObserver):
             if error < best_error:
                 best, best_error = t, error
         return best
+
+    def range(self, levels: float = 255.0) -> tuple[float, float]:
+        """The [lo, hi] minimizing the same expected error, each end searched on its own grid.
+
+        With step s = (hi - lo) / levels, values inside cost s^2 / 12 and values beyond an end
+        cost their squared distance to it. Candidates: ``num_candidates`` evenly spaced
+        ends on each side (only 0 on a side that saw nothing), every pair tried at once.
+        """
+        lo, hi = super().range(levels)
+        neg, pos, zeros = self._sides()
+        if float(neg.sum()) + float(pos.sum()) == 0 or hi - lo <= 0:
+            return lo, hi
+        width = float(self.hist_max) / NUM_BINS
+        centres = (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * width
+        total = float(neg.sum()) + float(pos.sum()) + zeros
+        ends, errors = [], []
+        for hist, extreme in ((neg, -lo), (pos, hi)):
+            if extreme <= 0:
+                cand = torch.zeros(1, dtype=torch.float64)
+            else:
+                cand = torch.linspace(extreme / self.num_candidates, extreme, self.num_candidates, dtype=torch.float64)
+            beyond = centres[None, :] > cand[:, None]  # [candidates, bins]
+            clipped = (hist[None, :] * beyond).sum(1)
+            cost = (hist[None, :] * beyond * (centres[None, :] - cand[:, None]) ** 2).sum(1)
+            ends.append(cand)
+            errors.append((clipped, cost))
+        (neg_end, pos_end), ((neg_out, neg_cost), (pos_out, pos_cost)) = ends, errors
+        step = (neg_end[:, None] + pos_end[None, :]) / levels
+        inside = total - neg_out[:, None] - pos_out[None, :]
+        error = inside * step**2 / 12.0 + neg_cost[:, None] + pos_cost[None, :]
+        i, j = divmod(int(torch.argmin(error)), error.shape[1])
+        return -float(neg_end[i]), float(pos_end[j])
+
+
+def _tail_cut(hist: torch.Tensor, edges: torch.Tensor, allowed: float) -> float:
+    """The smallest bin edge with at most ``allowed`` counts of ``hist`` beyond it (0.0 for an empty side)."""
+    if float(hist.sum()) == 0:
+        return 0.0
+    beyond = hist.flip(0).cumsum(0).flip(0) - hist  # counts in the bins above each bin
+    index = int(torch.nonzero(beyond <= allowed)[0])
+    return float(edges[index])
 
 
 OBSERVERS = {"min_max": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}

@@ -7,6 +7,15 @@ takes each batch's range; ``learnable: true`` trains the scales);
 ``weight_qat_qkwargs`` (``averaging_constant``: 1 recomputes weight scales from the
 current weights, 0 keeps those computed at conversion).
 
+``activation_symmetry`` (symmetric | asymmetric) says how an 8-bit activation that is not
+after a ReLU is quantized: ``symmetric`` on [-t, t] with zero point 0, ``asymmetric`` on
+the observed [lo, hi] with the zero point that puts 0.0 on a code (onnxruntime's uint8
+kernels take any zero point). ReLU outputs keep their [0, t] grid either way. The
+stage configs set it from the top-level ``activation_symmetry`` of ``hat_stages``, so
+calibration and QAT agree; the zero points are in the checkpoint, so the predictors
+and export need nothing. With ``learnable`` scales the zero point stays where
+calibration put it and only the scale learns.
+
 ``deploy_target`` is not written in ``qconfig_params``: it is the config's top-level
 ``deploy_target`` (one value for every stage), which the converters add here so that
 a backend sees it with the rest (see :mod:`hat.quant.target`). The top-level
@@ -26,7 +35,13 @@ from hat.quant.precision import PrecisionMap, parse_precision
 from hat.quant.target import CONFIG_KEY as TARGET_KEY
 from hat.quant.target import DeployTarget, get_target
 
+#: The qconfig_params key, its values, and the default (what the measurement chose; docs/design.md).
+SYMMETRY_KEY = "activation_symmetry"
+SYMMETRIES = ("symmetric", "asymmetric")
+DEFAULT_SYMMETRY = "symmetric"
+
 KNOWN_KEYS = {
+    SYMMETRY_KEY,
     "activation_calibration_observer",
     "activation_calibration_qkwargs",
     "activation_qat_qkwargs",
@@ -42,6 +57,7 @@ class QConfig:
     observer_kwargs: dict[str, Any] = field(default_factory=dict)
     act_averaging_constant: float = 0.0
     act_learnable: bool = False
+    act_asymmetric: bool = DEFAULT_SYMMETRY == "asymmetric"
     weight_averaging_constant: float = 1.0
     target: DeployTarget = field(default_factory=lambda: get_target(None))
     precision: PrecisionMap = field(default_factory=PrecisionMap)
@@ -55,6 +71,12 @@ class QConfig:
         observer = params.get("activation_calibration_observer", "min_max")
         if observer not in OBSERVERS:
             raise ValueError(f"activation_calibration_observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+        symmetry = params.get(SYMMETRY_KEY, DEFAULT_SYMMETRY)
+        if symmetry not in SYMMETRIES:
+            raise ValueError(
+                f"{SYMMETRY_KEY} must be one of {', '.join(SYMMETRIES)}, got {symmetry!r} "
+                "(asymmetric: uint8 with a zero point for activations not after a ReLU)"
+            )
         act_qat = dict(params.get("activation_qat_qkwargs") or {})
         weight_qat = dict(params.get("weight_qat_qkwargs") or {})
         for name, kwargs, allowed in (
@@ -79,6 +101,7 @@ class QConfig:
             observer_kwargs=observer_kwargs,
             act_averaging_constant=float(act_qat.get("averaging_constant", 0.0)),
             act_learnable=bool(act_qat.get("learnable", False)),
+            act_asymmetric=symmetry == "asymmetric",
             weight_averaging_constant=float(weight_qat.get("averaging_constant", 1.0)),
         )
 
@@ -92,4 +115,5 @@ class QConfig:
             averaging_constant=self.act_averaging_constant,
             bits=bits,
             float_output=float_output,
+            asymmetric=self.act_asymmetric,
         )
