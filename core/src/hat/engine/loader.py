@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from hat import distributed
+from hat.engine.worker_errors import UserErrorLoader
 from hat.errors import ConfigError
 from hat.registry import Registry, check_argument_types
 
@@ -66,7 +67,11 @@ def build_loader(
     path: str,
     locate=None,
 ) -> DataLoader:
-    """Build a DataLoader from its config with an :class:`EpochSampler`."""
+    """Build a DataLoader from its config with an :class:`EpochSampler`.
+
+    It is a :class:`~hat.engine.worker_errors.UserErrorLoader`: a user error raised in a
+    worker process reaches the user as it was raised, not wrapped in the worker's traceback.
+    """
     if not isinstance(cfg, Mapping) or "dataset" not in cfg:
         raise ConfigError(
             f"{path} must be a data loader config with a 'dataset'", where=locate(path) if locate else None
@@ -84,7 +89,7 @@ def build_loader(
     where = locate or (lambda _path: None)
     check_argument_types(DataLoader, rest, path, where)
     try:
-        return DataLoader(dataset, sampler=sampler, **rest)
+        return UserErrorLoader(dataset, sampler=sampler, **rest)  # a worker's UserError stays one message
     except (TypeError, ValueError) as exc:  # batch_size=0, num_workers=-1: name the key and where it was set
         key = next((k for k in sorted(rest, key=len, reverse=True) if k in str(exc)), None)
         raise ConfigError(
