@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from hat.testing import run_cli
@@ -40,6 +41,14 @@ def test_precision_reaches_calibration_export_and_check(toy_engine_host, tmp_pat
     assert [r["module"] for r in check["modules_not_int8"]] == ["body.0", "head"]
     why = {n["module"]: n["why"] for n in check["non_int8"]}
     assert why.get("body.0") == "configured" and why.get("head") == "sensitivity", why
+
+    # hat validate: onnxruntime (int16 and float layers run as float kernels) agrees with the simulation
+    code, _, err = run_cli("validate", "toy", *work)
+    assert code == 0, err
+    result = json.loads((tmp_path / "validate.json").read_text())
+    assert result["within_one_step"]["pred"] >= 0.99
+    torch_mse = result["metrics"]["torch_fixed_point"]["mse"]
+    assert result["metrics"]["onnxruntime"]["mse"] == pytest.approx(torch_mse, rel=1e-3)
 
     # the calibrated checkpoint exported under other rules: refused, saying how it was trained
     code, _, err = run_cli("export", "toy", *work, "--set", "precision=[]")

@@ -225,3 +225,24 @@ def test_analysis_switches_still_toggle_a_float_layer_off_and_on() -> None:
     w = model.mid[0].module.weight
     assert torch.equal(weight(w), w)
     assert isinstance(model.mid[0].out_quant, ActFakeQuant)
+
+
+def test_qat_trains_through_int16_and_float_layers() -> None:
+    """QAT straight from float: the first batch sets every range (16-bit too), learned scales
+    get gradients at 16 bits, and a float island's boundary keeps its calibrated range."""
+    from hat.quant.backend import TorchNativeBackend
+
+    rules = [{"modules": "mid.0", "activation": "int16"}, {"modules": "head", "activation": "float"}]
+    params = {"precision": rules, "activation_qat_qkwargs": {"learnable": True}}
+    torch.manual_seed(0)
+    model, _ = TorchNativeBackend().prepare_qat(Chain(), params)
+    model.train()
+    x = batches(1, seed=3)[0]
+    model(x).square().mean().backward()  # first batch: ranges from the data
+    for quant in (model.mid[0].out_quant, model.head.out_quant, model.stem[0].out_quant):
+        assert bool(quant.calibrated)
+    model.zero_grad()
+    model(x).square().mean().backward()
+    assert model.mid[0].out_quant.bits == 16 and model.mid[0].out_quant.scale.grad is not None
+    assert float(model.mid[0].out_quant.scale.grad.abs()) > 0
+    assert model.mid[0].module.weight.grad is not None and model.head.module.weight.grad is not None
