@@ -165,13 +165,19 @@ def test_analysis_says_why_each_float_node_is_float(backend, tmp_path: Path) -> 
     assert {n["why"] for n in record["non_int8"]} <= {"configured", "sensitivity", "no int8 kernel"}
 
 
-def test_a_float_weight_is_not_turned_into_int8_by_the_post_pass(tmp_path: Path) -> None:
+def test_a_float_weight_between_int8_tensors_stays_float(backend, tmp_path: Path) -> None:
+    """DQ -> Conv(float weight) -> Q: neither the post-pass nor onnxruntime quantizes the weight."""
     model = fixed_point([{"modules": "post.0", "activation": "int8", "weight": "float"}])
     path = tmp_path / "wfloat.onnx"
-    export_onnx(model, image(0), path)
+    info = export_onnx(model, image(0), path)
+    assert info.warnings == []  # the float weight is meant: no warning that onnxruntime may quantize it
     proto = onnx.load(str(path))
     index = GraphIndex(proto.graph)
     conv = next(n for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/post/0/"))
     assert index.dequantized_from(conv.input[1]) is None
+    assert all(c.op_type == "QuantizeLinear" for c in index.consumers[conv.output[0]])
     original = copy.deepcopy(model.post[0].module.weight.detach().numpy())
     assert np.array_equal(index.constant(conv.input[1]), original)
+    compiled = onnx.load(str(backend.compile(path, 3, tmp_path / "wfloat.opt3.onnx")))
+    assert [module_path_of(n.name) for n in compiled.graph.node if n.op_type in ("Conv", "FusedConv")] == ["post.0"]
+    assert_agrees(model, path, backend)

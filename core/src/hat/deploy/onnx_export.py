@@ -36,6 +36,7 @@ from hat.deploy.onnx_graph import QUANTIZE, GraphIndex
 from hat.deploy.qdq_finalize import finalize_qdq
 from hat.deploy.saturation import check_saturation
 from hat.deploy.scope_names import CallRecorder, rename_to_module_paths
+from hat.quant.fake_quant import WeightFakeQuant
 from hat.quant.target import INT16_MAX, DeployTarget, get_target
 
 __all__ = ["ActivationQuant", "ExportInfo", "export_float_onnx", "export_onnx", "finalize_qdq", "module_path_of"]
@@ -145,7 +146,7 @@ def export_onnx(
             f"the same deploy_target you export with",
         )
     atomic_write_bytes(Path(path), proto.SerializeToString())
-    info = _describe(proto, Path(path), opset)
+    info = _describe(proto, Path(path), opset, float_on_purpose=_float_weight_modules(model))
     info.deploy_target = target.to_dict()
     info.saturation = saturation.summary()
     return info
@@ -312,7 +313,18 @@ def _module_running(model: torch.nn.Module, inputs: dict[str, torch.Tensor], op:
 # -- description -------------------------------------------------------------------------
 
 
-def _describe(proto: onnx.ModelProto, path: Path, opset: int) -> ExportInfo:
+def _float_weight_modules(model: torch.nn.Module) -> set[str]:
+    """Paths of the modules whose weights ``precision`` keeps float (their float weight is meant)."""
+    return {
+        name.rsplit(".", 1)[0] if "." in name else ""
+        for name, module in model.named_modules()
+        if isinstance(module, WeightFakeQuant) and module.keep_float
+    }
+
+
+def _describe(
+    proto: onnx.ModelProto, path: Path, opset: int, *, float_on_purpose: set[str] | frozenset[str] = frozenset()
+) -> ExportInfo:
     graph = proto.graph
     index = GraphIndex(graph)
     activations = []
@@ -354,15 +366,17 @@ def _describe(proto: onnx.ModelProto, path: Path, opset: int) -> ExportInfo:
         int32_initializers=counts["int32"],
         float_initializers=counts["float"],
         initializer_bytes=total_bytes,
-        warnings=_float_weights_between_int8(index),
+        warnings=_float_weights_between_int8(index, float_on_purpose),
     )
 
 
-def _float_weights_between_int8(index: GraphIndex) -> list[str]:
+def _float_weights_between_int8(index: GraphIndex, float_on_purpose: set[str] | frozenset[str]) -> list[str]:
     """Convs/matmuls that read and write int8 tensors but hold a float weight.
 
-    onnxruntime quantizes such a weight itself (from --opt 1 on), with its own scales,
-    so the deployed layer is no longer the one the simulation evaluated.
+    onnxruntime quantizes such a weight itself (from --opt 1 on, its WeightBiasQuantization
+    optimizer), with its own scales, so the deployed layer is no longer the one the
+    simulation evaluated. HAT's onnxruntime backend turns that optimizer off, but another
+    runtime may not; layers in ``float_on_purpose`` (``precision: float`` weights) are meant.
     """
     found = []
     for node in index.graph.node:
@@ -372,6 +386,7 @@ def _float_weights_between_int8(index: GraphIndex) -> list[str]:
         consumers = index.consumers.get(node.output[0], [])
         if (
             weight is not None
+            and module_path_of(node.name) not in float_on_purpose
             and weight.dtype.kind == "f"
             and index.dequantized_from(node.input[0]) is not None
             and consumers
