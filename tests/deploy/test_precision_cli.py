@@ -50,6 +50,11 @@ def test_precision_reaches_calibration_export_and_check(toy_engine_host, tmp_pat
     torch_mse = result["metrics"]["torch_fixed_point"]["mse"]
     assert result["metrics"]["onnxruntime"]["mse"] == pytest.approx(torch_mse, rel=1e-3)
 
+    # hat analyze converts with the same rules (an int16 checkpoint does not load into int8 quantizers)
+    code, _, err = run_cli("analyze", "toy", *work)
+    assert code == 0, err
+    assert (tmp_path / "analysis" / "analysis.json").is_file()
+
     # the calibrated checkpoint exported under other rules: refused, saying how it was trained
     code, _, err = run_cli("export", "toy", *work, "--set", "precision=[]")
     assert code == 2, err
