@@ -246,3 +246,25 @@ def test_qat_trains_through_int16_and_float_layers() -> None:
     assert model.mid[0].out_quant.bits == 16 and model.mid[0].out_quant.scale.grad is not None
     assert float(model.mid[0].out_quant.scale.grad.abs()) > 0
     assert model.mid[0].module.weight.grad is not None and model.head.module.weight.grad is not None
+
+
+@pytest.mark.parametrize("precision", ["int16", "float"])
+def test_frozen_transposed_conv_off_int8_equals_simulation(precision: str) -> None:
+    """The int8 deconv's conv + depth-to-space rewrite keeps a 16-bit grid; a float deconv is not
+    rewritten (its boundary grid must reach the head)."""
+    from tests.quant.nets import make_net
+
+    torch.manual_seed(0)
+    qconfig = QConfig.from_params({"precision": [{"modules": "up.0", "activation": precision}]})
+    model, _ = convert(make_net(size=16), qconfig)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad(), calibration_mode(model):
+        for _ in range(3):
+            model(torch.randn(2, 3, 16, 16, generator=g))
+    x = torch.randn(1, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        simulated = model(x)
+        frozen = freeze(model)(x)
+    assert torch.equal(frozen, simulated)
+    assert model.up[0].rewritten == (precision == "int16")

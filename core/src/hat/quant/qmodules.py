@@ -263,8 +263,8 @@ class QConvTranspose2d(_Weighted):
         deconv = self.module
         self.as_conv_padding = None
         self.phases = None
-        if not rewritable_as_conv(deconv):
-            return
+        if not rewritable_as_conv(deconv) or self.out_quant.float_output or not self.weight_quant.quantizing:
+            return  # the rewrite exists for int8 kernels; a float layer runs as the transposed conv it is
         split = deconv_phases(self.frozen_weight, self.frozen_bias, deconv.stride[0], deconv.padding[0])
         if split is not None:
             self.phases = []
