@@ -181,3 +181,16 @@ def test_a_float_weight_between_int8_tensors_stays_float(backend, tmp_path: Path
     compiled = onnx.load(str(backend.compile(path, 3, tmp_path / "wfloat.opt3.onnx")))
     assert [module_path_of(n.name) for n in compiled.graph.node if n.op_type in ("Conv", "FusedConv")] == ["post.0"]
     assert_agrees(model, path, backend)
+
+
+def test_a_functional_op_off_int8_is_attributed_through_its_quantizer(backend, tmp_path: Path) -> None:
+    """The add of a FloatFunctional has no module in the graph; the Q after it names the module."""
+    rules = [{"modules": "add", "activation": "int16"}]
+    model = fixed_point(rules)
+    path = tmp_path / "add16.onnx"
+    export_onnx(model, image(0), path)
+    compiled = backend.compile(path, 3, tmp_path / "add16.opt3.onnx")
+    result = analyze(compiled, exported=path, opt_level=3, modules_not_int8=conversion_report(model).not_int8())
+    adds = [n for n in result.non_int8() if n.op_type == "Add"]
+    assert len(adds) == 1 and adds[0].module == "" and adds[0].why == "configured", adds
+    assert_agrees(model, path, backend)

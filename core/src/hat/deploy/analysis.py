@@ -24,7 +24,7 @@ import onnx
 
 from hat.deploy.float_reasons import compute_reason, data_reason
 from hat.deploy.flops import node_flops
-from hat.deploy.node_names import ModuleLocator
+from hat.deploy.node_names import ModuleLocator, module_path_of
 from hat.deploy.onnx_graph import DEQUANTIZE, QUANTIZE, GraphIndex
 from hat.deploy.tensor_probe import TensorMeta, probe_tensors
 from hat.quant.precision import NO_INT8_KERNEL
@@ -211,7 +211,7 @@ def analyze(
         elif category == FLOAT_DATA:
             reason = data_reason(node, index, opt_level)
         if reason is not None:
-            why, reason = _why(module, reason, modules_not_int8)
+            why, reason = _why(_owners(node, module, index), reason, modules_not_int8)
         reports.append(
             NodeReport(
                 name=node.name,
@@ -236,13 +236,29 @@ def analyze(
     )
 
 
-def _why(module: str, reason: str, modules_not_int8: Sequence[Mapping[str, str]]) -> tuple[str, str]:
+def _owners(node: onnx.NodeProto, module: str, index: GraphIndex) -> list[str]:
+    """Module paths a float node may belong to: its own, then those of the quantizers it feeds.
+
+    An op a module calls from a method rather than ``forward`` (a FloatFunctional's add)
+    has no module of its own in the graph, but the QuantizeLinear after it is named after
+    that module's output quantizer.
+    """
+    feeds = [c for name in node.output for c in index.consumers.get(name, []) if c.op_type == QUANTIZE]
+    return [path for path in (module, *(module_path_of(c.name) for c in feeds)) if path]
+
+
+def _why(modules: Sequence[str], reason: str, modules_not_int8: Sequence[Mapping[str, str]]) -> tuple[str, str]:
     """(why, reason) of a float node: a precision rule's reason when its module (or a parent) has one."""
     owner = None
-    for row in modules_not_int8:
-        path = row["module"]
-        if (module == path or module.startswith(path + ".")) and (owner is None or len(path) > len(owner["module"])):
-            owner = row
+    for module in modules:
+        for row in modules_not_int8:
+            path = row["module"]
+            if (module == path or module.startswith(path + ".")) and (
+                owner is None or len(path) > len(owner["module"])
+            ):
+                owner = row
+        if owner is not None:
+            break
     if owner is None or owner["reason"] == NO_INT8_KERNEL:
         return NO_INT8_KERNEL, reason
     return owner["reason"], f"precision: activation {owner['activation']}, weight {owner['weight']} ({owner['reason']})"
