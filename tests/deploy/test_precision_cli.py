@@ -59,6 +59,10 @@ def test_precision_reaches_calibration_export_and_check(toy_engine_host, tmp_pat
     code, _, err = run_cli("export", "toy", *work, "--set", "precision=[]")
     assert code == 2, err
     assert "calibration-trained with precision" in err and "int16" in err and "(all int8)" in err
+    # so is QAT from it, or predicting with it, before any work
+    for command in (("train", "toy", "--stage", "qat"), ("predict", "toy", "--stage", "calibration")):
+        code, _, err = run_cli(*command, *work, "--set", "precision=[]")
+        assert code == 2 and "calibration-trained with precision" in err, (command, err)
     # who chose a precision does not change the grids: the same rules with another reason export
     same = PRECISION.replace("reason: sensitivity", "reason: configured")
     code, _, err = run_cli("export", "toy", *work, "--set", same)

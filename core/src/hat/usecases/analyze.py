@@ -31,7 +31,6 @@ from hat.quant.target import target_name_of
 from hat.usecases.deploy import (
     QUANT_STAGES,
     _backend,
-    _check_trained_precision,
     _compile_settings,
     _pipeline,
     choose_stage,
@@ -151,7 +150,6 @@ def fake_quant_model(stage_cfg: StageConfig, stage: str, host: PluginHost | None
     host = host or get_host()
     seed_everything(int(stage_cfg.config.get("seed", 0)))
     pipeline, _ = _pipeline(stage_cfg, stage, host)
-    _check_trained_precision(pipeline.checkpoint_paths(), stage_cfg)
     model, _ = build_deploy_model(stage_cfg.config, host.registry)
     return pipeline(
         model,

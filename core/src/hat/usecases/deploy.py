@@ -23,7 +23,6 @@ from hat.engine.deploy_model import build_deploy_model
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.quant.precision import CONFIG_KEY as PRECISION_KEY
-from hat.quant.precision import precision_of_config
 from hat.quant.target import DeployTarget, get_target, target_name_of
 from hat.usecases.stages import StageConfig, check_prerequisites, remember_config, seed_everything
 
@@ -91,8 +90,7 @@ def fixed_point_model(
     """The deploy model of ``stage`` in fixed point, its example inputs, and its checkpoints."""
     host = host or get_host()
     seed_everything(int(stage_cfg.config.get("seed", 0)))
-    pipeline, _ = _pipeline(stage_cfg, stage, host)
-    _check_trained_precision(pipeline.checkpoint_paths(), stage_cfg)  # before loading: other grids would not load
+    pipeline, _ = _pipeline(stage_cfg, stage, host)  # checks the checkpoints' precision rules before loading
     model, inputs = build_deploy_model(stage_cfg.config, host.registry)
     backends = host.quant_backends.items
     model = pipeline(
@@ -180,31 +178,6 @@ def _check_trained_target(checkpoints: list[Path], target: str, stage_cfg: Stage
                 f"{path} was {payload['stage']}-trained for deploy target {trained!r}, "
                 f"but this export is for {target!r}",
                 hint=f"export with --set deploy_target={trained}, or re-run `{retrain}` first",
-            )
-
-
-def _check_trained_precision(checkpoints: list[Path], stage_cfg: StageConfig) -> None:
-    """The checkpoint being exported was calibrated / trained with the precision rules it is exported with.
-
-    The rules decide which grids calibration fitted and QAT trained on, and the scales
-    are stored the same way at every precision: a checkpoint would load under other rules
-    without complaint and deploy layers on grids it was never evaluated with.
-    """
-    from hat.engine.checkpoint_io import load_checkpoint
-
-    wanted = precision_of_config(stage_cfg.config.data)
-    for path in checkpoints:
-        payload = load_checkpoint(path)
-        if payload.get("stage") not in QUANT_STAGES or not isinstance(payload.get("config"), dict):
-            continue
-        trained = precision_of_config(payload["config"])
-        if trained != wanted:
-            retrain = hint_command(stage_cfg, f"train --stage {payload['stage']}")
-            raise UserError(
-                f"{path} was {payload['stage']}-trained with {PRECISION_KEY} {trained or '[] (all int8)'}, "
-                f"but this export asks for {wanted or '[] (all int8)'}",
-                hint=f"export with the {PRECISION_KEY} rules it was trained with, or re-run `{retrain}` with the "
-                "new rules first",
             )
 
 

@@ -158,14 +158,52 @@ def _required_checkpoints(node: Any, path: str) -> list[tuple[str, str]]:
 
 
 def check_prerequisites(stage_cfg: StageConfig, key: str) -> None:
-    """Fail before any work if a checkpoint this stage loads does not exist."""
-    for key_path, checkpoint in _required_checkpoints(stage_cfg.config[key], key):
+    """Fail before any work if a checkpoint this stage loads does not exist, or was
+    calibrated / QAT-trained under other ``precision`` rules."""
+    required = _required_checkpoints(stage_cfg.config[key], key)
+    for key_path, checkpoint in required:
         if not Path(checkpoint).is_file():
             command = command_that_makes(Path(checkpoint), stage_cfg.task)
             raise UserError(
                 f"stage {key.rsplit('_', 1)[0]!r} needs {checkpoint}, which does not exist",
                 where=stage_cfg.config.locate(key_path) or key_path,
                 hint=f"run `{command}` first" if command else "check the checkpoint_path in the config",
+            )
+    check_trained_precision(stage_cfg, [Path(checkpoint) for _, checkpoint in required])
+
+
+#: Checkpoints that hold quantizer grids, by the names the work dir gives them.
+_QUANT_CHECKPOINTS = tuple(f"{stage}-checkpoint-" for stage in ("calibration", "qat"))
+
+
+def check_trained_precision(stage_cfg: StageConfig, checkpoints: Iterable[Path]) -> None:
+    """A calibration / qat checkpoint is used under the ``precision`` rules it was trained with.
+
+    The rules decide which grids calibration fitted and QAT trained on, and the scales are
+    stored alike at every precision: under other rules a checkpoint would load without a
+    complaint and run (or deploy) grids it was never evaluated with, or fail deep in a
+    forward. Only the work dir's calibration-/qat- checkpoints are read (a float one holds
+    no grids); the rules are compared without ``reason``.
+    """
+    from hat.engine.checkpoint_io import load_checkpoint
+    from hat.quant.precision import CONFIG_KEY, precision_of_config
+    from hat.workdir import command_for
+
+    wanted = precision_of_config(stage_cfg.config.data)
+    for path in checkpoints:
+        if not path.name.startswith(_QUANT_CHECKPOINTS):
+            continue
+        payload = load_checkpoint(path)
+        if not isinstance(payload.get("config"), dict):
+            continue
+        trained = precision_of_config(payload["config"])
+        if trained != wanted:
+            stage = payload.get("stage", "calibration")
+            retrain = command_for(stage_cfg.task, f"train --stage {stage}", stage_cfg.work_dir, stage_cfg.config.name)
+            raise UserError(
+                f"{path} was {stage}-trained with {CONFIG_KEY} {trained or '[] (all int8)'}, "
+                f"but this run asks for {wanted or '[] (all int8)'}",
+                hint=f"use the {CONFIG_KEY} rules it was trained with, or re-run `{retrain}` with the new rules first",
             )
 
 
