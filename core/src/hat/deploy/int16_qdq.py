@@ -7,8 +7,10 @@ accept only the 8-bit ranges. HAT's int16 layers (``precision: int16``, see
 QuantizeLinear / DequantizeLinear pair with an int16 zero point (the zero point's type
 is what sets a QuantizeLinear's range in ONNX) and hand every other range to torch's own.
 
-ONNX has int16 QuantizeLinear / DequantizeLinear from opset 21 (:data:`INT16_OPSET`);
-onnxruntime runs them on its CPU provider (checked with 1.31). It has no int16
+ONNX has int16 QuantizeLinear / DequantizeLinear from opset 21 (:data:`INT16_OPSET`,
+ONNX 1.16); onnxruntime's CPU provider runs them since 1.18 (checked with 1.31). The
+standard ops, not onnxruntime's ``com.microsoft`` Q/DQ (int16 since 1.17), so the graph
+needs no runtime-specific domain and HAT's post-pass treats every Q/DQ alike. It has no int16
 QLinearConv or QLinearMatMul, so an int16 layer runs as DQ -> float op -> Q: it costs a
 float kernel plus the (de)quantization, and buys 256 times finer steps.
 """
