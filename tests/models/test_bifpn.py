@@ -217,10 +217,11 @@ class Exported:
     inputs: dict[str, torch.Tensor]
     simulated: dict[str, torch.Tensor]
     scales: dict[str, float]
+    symmetry: str = "symmetric"
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+@pytest.fixture(scope="module", params=["symmetric", pytest.param("asymmetric", marks=pytest.mark.slow)])
+def exported(request, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """The neck (2 repeats, 128x224-image sizes: P6 4x7 and P7 2x4, so the crop is exported)
     with sane BatchNorm statistics, calibrated and exported once.
 
@@ -239,11 +240,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
         for seed in range(3):
             model(neck_batch(seed, batch=4))
     x = neck_batch(99)
-    qmodel, report, simulated = fixed_point(model, (neck_batch(10 + seed, batch=2) for seed in range(3)), x)
+    qmodel, report, simulated = fixed_point(
+        model, (neck_batch(10 + seed, batch=2) for seed in range(3)), x, {"activation_symmetry": request.param}
+    )
     path = tmp_path_factory.mktemp("bifpn") / "neck.onnx"
     info = export_onnx(qmodel, x, path)
     scales = {o["name"]: float(o["scale"]) for o in info.outputs}
-    return Exported(model, qmodel, report, path, onnx.load(str(path)), x, simulated, scales)
+    return Exported(model, qmodel, report, path, onnx.load(str(path)), x, simulated, scales, request.param)
 
 
 def test_neck_converts_with_nothing_left_float(exported: Exported) -> None:
@@ -267,8 +270,21 @@ def test_simulation_tracks_float(exported: Exported) -> None:
 
 
 def test_unfused_onnx_equals_the_simulation(exported: Exported) -> None:
-    """Without fusion onnxruntime runs the Q/DQ graph in float, the simulation's arithmetic."""
+    """Without fusion onnxruntime runs the Q/DQ graph in float, the simulation's arithmetic.
+
+    Exact up to rounding ties: torch quantizes with x * (1/s), onnxruntime with x / s, and
+    its float convs sum in another order, so a value within a float32 ulp of a tie may
+    round the other way; in this untrained neck the one step then spreads (up to 19 steps
+    at one output). Measured over inputs 99 and 200-204, opt 0: symmetric exact on 5 of
+    6, asymmetric on 4 of 6 (input 99 is one: one input element at x / s = 30.5 in
+    float32, 30.500002 in torch). So the asymmetric model is compared by direction here;
+    tests/deploy/test_asymmetric_export.py checks it to the step on a shallow model.
+    """
     outputs = run_ort(exported.path, exported.inputs, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if exported.symmetry == "asymmetric":
+        for name, value in exported.simulated.items():
+            assert cosine(outputs[name], value) > 0.99, name
+        return
     for name, value in exported.simulated.items():
         diff = np.abs(outputs[name] - value.numpy())
         assert diff.max() <= exported.scales[name] * 1.001, name

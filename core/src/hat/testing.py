@@ -179,10 +179,13 @@ def check_plugin(
     return result
 
 
-def fixed_point(model: Any, calibration_inputs: Iterable[Any], example: Any) -> tuple[Any, Any, Any]:
+def fixed_point(
+    model: Any, calibration_inputs: Iterable[Any], example: Any, qconfig_params: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
     """A float model as the int8 pipeline makes it, for a block's own tests.
 
-    Converts a copy (the default QConfig), calibrates it on ``calibration_inputs``, runs
+    Converts a copy (with ``qconfig_params``, e.g. ``{"activation_symmetry": "asymmetric"}``;
+    none: the default QConfig), calibrates it on ``calibration_inputs``, runs
     ``example`` once (which records each conv's input grid for its bias), freezes it to
     fixed point and runs ``example`` again. Returns ``(qmodel, report, simulated)``: the
     frozen model, the conversion report (what was left float) and its output on
@@ -197,7 +200,7 @@ def fixed_point(model: Any, calibration_inputs: Iterable[Any], example: Any) -> 
     from hat.quant.qconfig import QConfig
 
     model.eval()
-    qmodel, report = convert(copy.deepcopy(model), QConfig())
+    qmodel, report = convert(copy.deepcopy(model), QConfig.from_params(qconfig_params))
     qmodel.eval()
     with torch.no_grad(), calibration_mode(qmodel):
         for inputs in calibration_inputs:
