@@ -574,6 +574,104 @@ def _metric_cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
 
+@app.command("fallback")
+def fallback_command(
+    task: TaskArg,
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            min=0.0,
+            max=0.999,
+            help="How far below float the calibrated model's metric may be, as a fraction of float: "
+            "0.005 = within 0.5%.",
+        ),
+    ],
+    max_layers: Annotated[
+        int, typer.Option("--max-layers", min=1, help="Most layers to try, most sensitive first.")
+    ] = 8,
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Validation batches for the ranking.")] = 8,
+    to: Annotated[
+        str, typer.Option("--to", help="Precisions to try per layer, in order: int16,float | int16 | float.")
+    ] = "int16,float",
+    latency: Annotated[
+        bool, typer.Option("--latency/--no-latency", help="Export and time every step (hat compile's measurement).")
+    ] = True,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply/--no-apply",
+            help="Write the chosen rules into the work dir's config and install that step's calibration "
+            "checkpoint (what it replaces is kept under fallback/replaced/).",
+        ),
+    ] = True,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    work_dir: WorkDirOption = None,
+) -> None:
+    """Keep the fewest, most sensitive layers off int8 until calibration meets --budget.
+
+    Each step is a real calibration (in fallback/step-NN/) scored by the calibration
+    predictor's first metric; writes fallback/fallback.json and fallback/precision.yaml.
+    """
+    from hat.quant.precision import FLOAT, INT16
+    from hat.usecases.fallback import fallback
+
+    precisions = [p.strip() for p in to.split(",") if p.strip()]
+    if not precisions or any(p not in (INT16, FLOAT) for p in precisions):
+        raise UserError(f"--to {to!r}: give int16, float or both, comma-separated", hint="e.g. --to int16,float")
+    record = fallback(
+        _stage_config(task, config, overrides, work_dir),
+        budget=budget,
+        max_layers=max_layers,
+        batches=batches,
+        to=precisions,
+        latency=latency,
+        apply=apply,
+    )
+    _print_fallback(record)
+    if not record["met"]:
+        raise typer.Exit(1)
+
+
+def _print_fallback(record: dict) -> None:
+    metric = record["metric"]["name"]
+    float_metric = record["float_metric"]
+    table = Table(
+        title=f"hat fallback: {metric}, float {float_metric:.4f}, budget {record['budget']['threshold']:.4f} "
+        f"({record['budget']['relative']:.2%} of float)",
+        title_justify="left",
+    )
+    for column in ("step", "layer", "precision", metric, "of float", "int8 latency ms", "vs all int8", "kept"):
+        table.add_column(column, justify="left" if column in ("layer", "precision") else "right", overflow="fold")
+    for step in record["steps"]:
+        latency = step["latency_ms"]
+        ratio = step.get("latency_vs_all_int8")
+        table.add_row(
+            str(step["step"]),
+            escape(step["layer"] or "(all int8)"),
+            step["precision"] or "",
+            f"{step['metric']:.4f}",
+            f"{step['metric'] / float_metric:.2%}" if float_metric else "n/a",
+            f"{latency:.3f}" if latency is not None else "",
+            f"{ratio:.2f}x" if ratio else "",
+            ("yes" if step["kept"] else "no") + (" (meets)" if step["kept"] and step["meets_budget"] else ""),
+        )
+    console.out.print(table)
+    chosen = [r for r in record["rules"] if r.get("reason") == "sensitivity"]
+    if record["met"]:
+        names = ", ".join(f"{r['modules']} ({r['activation']})" for r in chosen) or "none"
+        console.out.print(f"budget met at step {record['chosen_step']}: layers raised: {names}")
+        if record.get("applied"):
+            console.out.print("applied: the work dir's config and calibration checkpoint now hold the choice")
+    else:
+        console.out.print(
+            f"budget not met after trying {record['layers_tried']} of {len(record['ranked_layers'])} layers: "
+            "nothing applied (try a larger --max-layers, --to int16,float, or a larger --budget)"
+        )
+    console.out.print(f"report: {record['files']['json']}; rules: {record['files']['rules']}")
+
+
 # -- hat infer / demo -----------------------------------------------------------------------
 
 

@@ -37,6 +37,19 @@ def is_quiet() -> bool:
     return _quiet
 
 
+@contextmanager
+def quieted() -> Iterator[None]:
+    """``--quiet`` for a block: a command that runs other commands inside it (``hat
+    fallback`` calibrating once per step) shows its own lines, not theirs."""
+    global _quiet
+    before = _quiet
+    _quiet = True
+    try:
+        yield
+    finally:
+        _quiet = before
+
+
 _active: Progress | None = None
 
 
