@@ -241,3 +241,10 @@ def test_an_exact_layer_is_inf_in_the_records() -> None:
     assert [r["name"] for r in records] == ["b", "a"]  # the exact layer ranks last
     assert records[1]["sqnr_db"] == "inf" and records[1]["only_quantized"]["output_sqnr_db"] == "inf"
     assert records[0]["only_float"] == {"output_sqnr_db": "inf"}
+
+
+def test_progress_is_reported_once_per_layer_and_batch(models) -> None:
+    _, model = models
+    calls = []
+    measure_sensitivity(model, _samples(2), progress=lambda: calls.append(1))
+    assert len(calls) == 2 * (1 + len(quantized_layers(model)))

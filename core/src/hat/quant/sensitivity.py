@@ -229,7 +229,7 @@ def measure_sensitivity(
     """Run every configuration (float, all quantized, each layer alone quantized / alone float) on ``samples``.
 
     ``model`` is a converted, calibrated model in eval mode; its quantizers' switches are as they
-    were when this returns. Per batch: 2 + 2 x layers forwards (``progress`` is called after each batch).
+    were when this returns. Per batch: 2 + 2 x layers forwards; ``progress`` is called 1 + layers times.
     """
     layers = quantized_layers(model)
     if not layers:
@@ -269,6 +269,8 @@ def measure_sensitivity(
             capture.close()
         for key, value in quantized.items():
             whole.add(key, reference[key], value)
+        if progress is not None:
+            progress()
         for layer in layers:
             out = run(lambda other, chosen=layer: other is chosen, (layer.name, "alone"), batch, inputs)
             for key, value in out.items():
@@ -276,10 +278,10 @@ def measure_sensitivity(
             out = run(lambda other, chosen=layer: other is not chosen, (layer.name, "kept"), batch, inputs)
             for key, value in out.items():
                 kept[layer.name].add(key, reference[key], value)
+            if progress is not None:
+                progress()
         count += _batch_size(reference)
         batches += 1
-        if progress is not None:
-            progress()
     if batches == 0:
         raise ValueError("no samples to analyse")
 

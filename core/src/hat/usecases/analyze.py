@@ -90,7 +90,7 @@ def sensitivity(
         f"{2 + 2 * layers} forwards per batch" + (", each through the task metric" if by_metric else "")
     )
     with console.progress() as bar:
-        task = bar.add_task("analyze", total=len(samples))
+        task = bar.add_task("analyze", total=len(samples) * (1 + layers))  # one step per layer per batch
         report = measure_sensitivity(model, samples, scorer=scorer, progress=lambda: bar.advance(task))
     return Sensitivity(stage, report, scorer, gap, dict(samples[0][0]))
 
