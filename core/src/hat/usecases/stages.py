@@ -76,6 +76,7 @@ def load_stage_config(
             workdir_config.check_same_model(cfg, stored, chosen, remembered)
     _check_target(cfg)
     _check_precision(cfg)
+    _check_symmetry(cfg)
     _check_seed(cfg)
     return StageConfig(task=task, config=cfg, work_dir=Path(cfg.get("work_dir", chosen)))
 
@@ -123,6 +124,36 @@ def _check_precision(cfg: Config) -> None:
             where=cfg.locate(key) or str(cfg.path),
             hint="each rule is {modules: GLOB, activation: int8|int16|float, weight: ..., reason: configured}",
         ) from None
+
+
+def _check_symmetry(cfg: Config) -> None:
+    """A bad top-level ``activation_symmetry`` fails here, and so does one the stages would not use.
+
+    ``hat_stages`` hands it to calibration and QAT through ``qconfig_calibration`` and
+    ``qconfig_qat``; a config written before the key existed (a work dir's ``config.yaml``)
+    lacks that link, and the value would silently do nothing.
+    """
+    from hat.quant.qconfig import DEFAULT_SYMMETRY, SYMMETRIES, SYMMETRY_KEY
+
+    wanted = cfg.get(SYMMETRY_KEY)
+    if wanted is None:
+        return
+    where = cfg.locate(SYMMETRY_KEY) or str(cfg.path)
+    if wanted not in SYMMETRIES:
+        raise ConfigError(
+            f"{SYMMETRY_KEY} must be one of {', '.join(SYMMETRIES)}, got {wanted!r}",
+            where=where,
+            hint="asymmetric: uint8 with a zero point for activations not after a ReLU; symmetric: zero point 0",
+        )
+    for section in ("qconfig_calibration", "qconfig_qat"):
+        used = (cfg.get(section) or {}).get(SYMMETRY_KEY, DEFAULT_SYMMETRY)
+        if used != wanted:
+            raise ConfigError(
+                f"{SYMMETRY_KEY} is {wanted!r} but {section} quantizes {used!r}",
+                where=where,
+                hint=f"pass --set {section}.{SYMMETRY_KEY}={wanted} too (this config predates the top-level key), "
+                f"or run with --config to use the task's current config",
+            )
 
 
 def seed_everything(seed: int) -> None:
