@@ -161,9 +161,10 @@ class _StepRunner:
 
     def _load(self, path: Path, rules: list[PrecisionRule]) -> StageConfig:
         value = json.dumps([rule.to_dict() for rule in rules])
-        return stages.load_stage_config(
-            self.stage_cfg.task, overrides=[f"{CONFIG_KEY}={value}"], work_dir=path, host=self.host
-        )
+        with console.quieted():  # "using the config this work dir was made with": the step's own, as intended
+            return stages.load_stage_config(
+                self.stage_cfg.task, overrides=[f"{CONFIG_KEY}={value}"], work_dir=path, host=self.host
+            )
 
     def float_metric(self) -> float:
         path = self.root / "float"
