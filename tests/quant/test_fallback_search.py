@@ -1,4 +1,4 @@
-"""The fallback's search (hat.quant.fallback) on a scripted evaluator: which layers it raises, in what order, and why."""
+"""The fallback search (hat.quant.fallback) on a scripted evaluator: which layers it raises, in order, and why."""
 
 from __future__ import annotations
 
