@@ -69,7 +69,24 @@ from rich.table import Table
 
 PEERS = ("ort", "nncf")
 NNCF_INSTALL = "pip install -c constraints.txt -r benchmarks/requirements.txt"
-HAT_OBSERVERS = ("percentile", "min_max")
+#: HAT's variants: an observer, ``+bc`` for bias correction at calibration
+#: (``qconfig_calibration.bias_correction``). The first one's float ONNX is the peers' input.
+HAT_VARIANTS = ("percentile", "min_max", "min_max+bc", "mse+bc")
+HAT_OBSERVER_NAMES = ("percentile", "min_max", "mse")
+
+
+def hat_variant(name: str, percentile: float) -> tuple[str, list[str]]:
+    """(label, ``--set`` overrides) for a variant such as ``min_max+bc``."""
+    observer, _, extra = name.partition("+")
+    if observer not in HAT_OBSERVER_NAMES or extra not in ("", "bc"):
+        raise SystemExit(f"unknown HAT variant {name!r}: an observer of {HAT_OBSERVER_NAMES}, optionally +bc")
+    label = f"HAT percentile {percentile}" if observer == "percentile" else f"HAT {observer}"
+    overrides = observer_overrides(observer, percentile)
+    if extra:
+        label += " + bias correction"
+        overrides.append("qconfig_calibration.bias_correction=true")
+    return label, overrides
+
 
 Sample = dict[str, np.ndarray]
 
@@ -384,6 +401,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work-dir", type=Path, default=Path("hat-work/demo-keypoint"))
     parser.add_argument("--calib-batches", type=int, default=10, help="calibration batches for every quantizer")
     parser.add_argument("--percentile", type=float, default=99.975, help="HAT's percentile (also tried with ORT)")
+    parser.add_argument(
+        "--hat-variants",
+        default=",".join(HAT_VARIANTS),
+        help="comma-separated HAT calibrations: an observer (percentile, min_max, mse), +bc for bias correction",
+    )
     parser.add_argument("--peers", default=None, help=f"comma-separated, from {', '.join(PEERS)} (default: all)")
     parser.add_argument("--no-int8-activations", action="store_true", help="skip ORT's QInt8-activation variants")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency and evaluation")
@@ -434,15 +456,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     models: list[dict[str, Any]] = []
     # -- HAT: calibrate (the calibrator reads the first calib-batches batches) and export
-    for observer in HAT_OBSERVERS:
-        console.print(f"HAT calibration ({observer}) + export ...")
-        entry = hat_quantize(
-            stage_config, root / f"hat-{observer}", args.work_dir, observer_overrides(observer, args.percentile), host
-        )
-        label = f"HAT percentile {args.percentile}" if observer == "percentile" else "HAT min_max"
+    variants = [v.strip() for v in args.hat_variants.split(",") if v.strip()]
+    for variant in variants:
+        label, overrides = hat_variant(variant, args.percentile)
+        console.print(f"{label}: calibration + export ...")
+        entry = hat_quantize(stage_config, root / f"hat-{variant}", args.work_dir, overrides, host)
         models.append({"method": label, **entry})
-    stage_cfg = stage_config(root / f"hat-{HAT_OBSERVERS[0]}")
-    float_onnx = root / f"hat-{HAT_OBSERVERS[0]}" / "export" / "model.float.onnx"
+    stage_cfg = stage_config(root / f"hat-{variants[0]}")
+    float_onnx = root / f"hat-{variants[0]}" / "export" / "model.float.onnx"
     demo_float = args.work_dir / "export" / "model.float.onnx"
     same_as_demo = demo_float.is_file() and filecmp.cmp(float_onnx, demo_float, shallow=False)
     models.insert(0, {"method": "float (onnxruntime)", "quantizer": None, "path": float_onnx})

@@ -198,7 +198,11 @@ def _weight_args(qconfig: QConfig, module: torch.nn.Module, precision: LayerPrec
     runs them, so the deploy target's limit does not apply)."""
     if precision.weight == INT16:
         return {"weight_max": 32767, "weight_bits": 16}
-    return {"weight_max": qconfig.target.weight_max(module), "weight_float": precision.weight == FLOAT}
+    return {
+        "weight_max": qconfig.target.weight_max(module),
+        "weight_float": precision.weight == FLOAT,
+        "bias_correction": qconfig.bias_correction and not isinstance(module, torch.nn.ConvTranspose2d),
+    }
 
 
 def quantizers(model: torch.nn.Module):

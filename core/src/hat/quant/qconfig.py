@@ -16,6 +16,10 @@ calibration and QAT agree; the zero points are in the checkpoint, so the predict
 and export need nothing. With ``learnable`` scales the zero point stays where
 calibration put it and only the scale learns.
 
+``bias_correction`` (calibration only; true | false): each conv and linear layer measures,
+on the calibration batches, the mean shift its weights' rounding puts on every output
+channel and adds it back to the bias (:meth:`hat.quant.qmodules._Weighted.set_calibrating`).
+
 ``deploy_target`` is not written in ``qconfig_params``: it is the config's top-level
 ``deploy_target`` (one value for every stage), which the converters add here so that
 a backend sees it with the rest (see :mod:`hat.quant.target`). The top-level
@@ -39,6 +43,7 @@ from hat.quant.target import DeployTarget, get_target
 SYMMETRY_KEY = "activation_symmetry"
 SYMMETRIES = ("symmetric", "asymmetric")
 DEFAULT_SYMMETRY = "symmetric"
+BIAS_CORRECTION_KEY = "bias_correction"
 
 KNOWN_KEYS = {
     SYMMETRY_KEY,
@@ -46,6 +51,7 @@ KNOWN_KEYS = {
     "activation_calibration_qkwargs",
     "activation_qat_qkwargs",
     "weight_qat_qkwargs",
+    BIAS_CORRECTION_KEY,
     TARGET_KEY,
     PRECISION_KEY,
 }
@@ -59,6 +65,7 @@ class QConfig:
     act_learnable: bool = False
     act_asymmetric: bool = DEFAULT_SYMMETRY == "asymmetric"
     weight_averaging_constant: float = 1.0
+    bias_correction: bool = False
     target: DeployTarget = field(default_factory=lambda: get_target(None))
     precision: PrecisionMap = field(default_factory=PrecisionMap)
 
@@ -93,6 +100,9 @@ class QConfig:
             raise ValueError(
                 f"activation_calibration_qkwargs {sorted(observer_kwargs)} do not fit observer {observer!r}: {exc}"
             ) from exc
+        bias_correction = params.get(BIAS_CORRECTION_KEY, False)
+        if not isinstance(bias_correction, bool):
+            raise ValueError(f"{BIAS_CORRECTION_KEY} must be true or false, got {bias_correction!r}")
         target = get_target(params.get(TARGET_KEY))
         return cls(
             target=target,
@@ -103,6 +113,7 @@ class QConfig:
             act_learnable=bool(act_qat.get("learnable", False)),
             act_asymmetric=symmetry == "asymmetric",
             weight_averaging_constant=float(weight_qat.get("averaging_constant", 1.0)),
+            bias_correction=bias_correction,
         )
 
     def act_quant(

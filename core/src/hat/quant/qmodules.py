@@ -89,6 +89,7 @@ class _Weighted(QModule):
         *,
         weight_bits: int = 8,
         weight_float: bool = False,
+        bias_correction: bool = False,
     ):
         super().__init__()
         if act is not None and act not in ACTIVATIONS:
@@ -102,6 +103,50 @@ class _Weighted(QModule):
         )
         self.weight_quant.reset_scale(module.weight)
         self.register_buffer("input_scale", torch.tensor(0.0))
+        #: Correct the bias for the weights' rounding at the end of calibration (see
+        #: :meth:`set_calibrating`); conv and linear only, and only with a bias to correct.
+        self.bias_correction = bias_correction and getattr(module, "bias", None) is not None
+        self._shift_sum: torch.Tensor | None = None
+        self._shift_count = 0
+        self._measuring_shift = False
+
+    # -- bias correction ----------------------------------------------------------------
+    def set_calibrating(self, on: bool) -> None:
+        """Empirical bias correction (Nagel et al., "Data-Free Quantization Through Weight
+        Equalization and Bias Correction", 2019, sec. 4.2; NNCF's "fast bias correction").
+
+        Rounding the weights shifts each output channel's mean by ``E[(W - W_q) x]``; with
+        7-bit weights (the portable target) and small depthwise kernels that shift is a
+        visible bias that calibration's ranges cannot undo. While calibrating, the layer
+        measures it on the calibration batches (one extra conv with ``W - W_q``, exact with
+        padding); leaving calibration adds it to the bias, which then rounds to the int32
+        grid like any bias. Calibration is the one place it runs: QAT starts from the
+        corrected checkpoint and trains the bias on from there.
+        """
+        if not self.bias_correction:
+            return
+        if on:
+            self._shift_sum, self._shift_count, self._measuring_shift = None, 0, True
+            return
+        self._measuring_shift = False
+        if self._shift_count:
+            with torch.no_grad():
+                self.module.bias.add_((self._shift_sum / self._shift_count).to(self.module.bias.dtype))
+        self._shift_sum, self._shift_count = None, 0
+
+    def _measure_shift(self, x: torch.Tensor, weight: torch.Tensor, op, channel_dim: int) -> None:
+        """Accumulate the per-channel mean of ``op(x, W - W_q)`` (``op`` without bias; the
+        output channels on ``channel_dim``)."""
+        if not (self._measuring_shift and self.weight_quant.quantizing and self.weight_quant.bits == 8):
+            return
+        with torch.no_grad():
+            delta = op(x, self.module.weight.detach() - weight.detach())
+            channel_dim %= delta.dim()
+            dims = [d for d in range(delta.dim()) if d != channel_dim]
+            total = delta.double().sum(dim=dims)
+            count = delta.numel() // delta.shape[channel_dim]
+        self._shift_sum = total if self._shift_sum is None else self._shift_sum + total
+        self._shift_count += count
 
     # -- pieces -----------------------------------------------------------------------------
     def _read(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +222,7 @@ class QConv2d(_Weighted):
             weight = self._constant_weight(self.frozen_weight, self.weight_quant.scale)
             return self._finish(conv._conv_forward(x, weight, self.frozen_bias))
         weight, bias = self._quantized_params(x)
+        self._measure_shift(x, weight, lambda inp, w: conv._conv_forward(inp, w, None), 1)
         return self._finish(conv._conv_forward(x, weight, bias))
 
 
@@ -188,6 +234,7 @@ class QLinear(_Weighted):
             weight = self._constant_weight(self.frozen_weight, self.weight_quant.scale)
             return self._finish(F.linear(x, weight, self.frozen_bias))
         weight, bias = self._quantized_params(x)
+        self._measure_shift(x, weight, F.linear, -1)
         return self._finish(F.linear(x, weight, bias))
 
 
