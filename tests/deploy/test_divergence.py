@@ -16,6 +16,7 @@ from hat.deploy import OnnxRuntimeBackend, export_onnx
 from hat.deploy.divergence import (
     Activation,
     DivergenceReport,
+    ForcedActivations,
     TorchActivations,
     activations_of,
     channels_last_tensors,
@@ -135,7 +136,8 @@ class ConvNet(nn.Module):
         return self.dequant(self.body(self.quant(data["img"])))
 
 
-def test_a_faithful_export_agrees_within_one_step_at_opt_3(tmp_path: Path) -> None:
+def _exported_convnet(tmp_path: Path) -> tuple[nn.Module, dict, onnx.ModelProto, onnx.ModelProto, dict]:
+    """The fixed-point ConvNet, its input, the exported and the opt-3 graph, export.json's record."""
     torch.manual_seed(0)
     model, _ = convert(copy.deepcopy(ConvNet().eval()), QConfig())
     model.eval()
@@ -151,13 +153,17 @@ def test_a_faithful_export_agrees_within_one_step_at_opt_3(tmp_path: Path) -> No
     compiled = OnnxRuntimeBackend().compile(info.path, 3, tmp_path / "model.opt3.onnx")
     optimized = onnx.load(str(compiled))
     exported = onnx.load(str(info.path))
+    return fixed, inputs, exported, optimized, info.to_dict()
 
+
+def test_a_faithful_export_agrees_within_one_step_at_opt_3(tmp_path: Path) -> None:
+    fixed, inputs, exported, optimized, info = _exported_convnet(tmp_path)
     capture = TorchActivations(fixed)
     with torch.no_grad():
         fixed(dict(inputs))
     capture.close()
     report = DivergenceReport(compared=[])
-    activations = activations_of(info.to_dict())
+    activations = activations_of(info)
     compare_sample(
         activations,
         optimized_tensors(exported, optimized),
@@ -169,3 +175,30 @@ def test_a_faithful_export_agrees_within_one_step_at_opt_3(tmp_path: Path) -> No
     layers = [t.layer for t in report.compared]
     assert layers[:3] == ["quant", "body.0", "body.2"], report.not_compared
     assert report.first is None and max(t.max_steps for t in report.compared) <= 1
+
+
+def test_fed_onnxruntime_inputs_only_the_layer_that_computes_differently_diverges(tmp_path: Path) -> None:
+    fixed, inputs, exported, optimized, info = _exported_convnet(tmp_path)
+    with torch.no_grad():  # torch's first conv now computes something else than the exported one
+        bias = fixed.body[0].frozen_bias
+        bias += 0.3 * bias.abs().max()
+    activations = activations_of(info)
+    candidates = optimized_tensors(exported, optimized)
+    ort_values = run_exposed(optimized, {"img": inputs["img"].numpy()})
+    channels_last = channels_last_tensors(optimized.graph)
+    reports = {}
+    for kind, make_capture in (  # one after the other: the hooks of both must not be on at once
+        ("free", lambda: TorchActivations(fixed)),
+        ("local", lambda: ForcedActivations(fixed, activations, candidates, ort_values, channels_last)),
+    ):
+        capture = make_capture()
+        with torch.no_grad():
+            fixed(dict(inputs))
+        capture.close()
+        reports[kind] = DivergenceReport(compared=[])
+        compare_sample(activations, candidates, ort_values, capture.values, reports[kind], channels_last)
+    free = {t.layer: t.max_steps for t in reports["free"].compared}
+    local = {t.layer: t.max_steps for t in reports["local"].compared}
+    assert free["body.0"] > 1 and free["body.2"] > 1  # free-running, the second conv inherits the first's error
+    assert local["body.0"] == free["body.0"] and local["body.2"] <= 1  # fed onnxruntime's input, it agrees
+    assert reports["local"].first is not None and reports["local"].first.layer == "body.0"

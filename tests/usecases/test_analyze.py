@@ -98,6 +98,7 @@ def test_with_an_export_every_tensor_is_compared_and_a_divergence_is_found(
     assert found["stage"] == "calibration" and found["opt"] == 3 and found["samples"] == 16
     assert [t["layer"] for t in found["compared"]] == ["quant", "body.0", "head"]
     assert found["first_divergence"] is None and all(t["max_steps"] <= 1 for t in found["compared"])
+    assert found["local"]["first_divergence"] is None
     assert "agree within one step" in out
 
     # onnxruntime's body.0 output moved 5 steps: that layer is named, not the head after it
@@ -113,8 +114,11 @@ def test_with_an_export_every_tensor_is_compared_and_a_divergence_is_found(
     monkeypatch.setattr(tensor_probe, "run_exposed", shifted)
     pred = analyze._int_infer_predictor(cfg, toy_host)
     inputs = analyze._samples(cfg, pred, toy_host, 1)[0][0]
-    first = analyze.divergence(cfg, inputs, host=toy_host)["first_divergence"]
+    found = analyze.divergence(cfg, inputs, host=toy_host)
+    first = found["first_divergence"]
     assert first["layer"] == "body.0" and first["max_steps"] == 5 and first["share_beyond_one_step"] == 1.0
+    local = {t["layer"]: t for t in found["local"]["compared"]}
+    assert found["local"]["first_divergence"]["layer"] == "body.0" and local["body.0"]["max_steps"] == 5
 
 
 def test_metric_mode_records_the_task_metric_for_every_run(toy_host, work: Path) -> None:

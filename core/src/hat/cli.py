@@ -567,6 +567,17 @@ def _print_analysis(record: dict, top: int) -> None:
             f"(layer {escape(first['layer'])}), up to {first['max_steps']} steps; {first['beyond_one_step']} of "
             f"{first['elements']} elements beyond one step ({first['share_beyond_one_step']:.4%})"
         )
+        own = divergence["local"]["first_divergence"]
+        if own is None:
+            console.out.print(
+                "  fed onnxruntime's own inputs, every layer agrees within one step: the difference is rounding "
+                "upstream, amplified"
+            )
+        else:
+            console.out.print(
+                f"  fed onnxruntime's own inputs, the first layer that computes differently: {escape(own['layer'])} "
+                f"(up to {own['max_steps']} steps, {own['share_beyond_one_step']:.4%} of elements)"
+            )
     console.out.print(f"report: {record['files']['json']} and {record['files']['html']}")
 
 

@@ -222,10 +222,9 @@ def _steps(
     calls = torch_values.get(act.module, [])
     if call >= len(calls):
         return "no torch module output for this QuantizeLinear", "", none
-    integer = [t for t in candidates.get(act.node, []) if t in ort_values and ort_values[t].dtype.kind in "iu"]
-    if not integer:
+    tensor = integer_tensor(act, candidates, ort_values)
+    if tensor is None:
         return "no integer tensor for it in the optimized graph (fused away or renamed)", "", none
-    tensor = integer[0]
     got = ort_values[tensor]
     ref = calls[call]
     if tensor in channels_last and ref.ndim == 4:
@@ -235,3 +234,57 @@ def _steps(
     info = np.iinfo(got.dtype)
     codes = np.clip(np.rint(ref.astype(np.float64) / act.scale) + act.zero_point, info.min, info.max)
     return None, tensor, np.abs(got.astype(np.int64) - codes.astype(np.int64))
+
+
+def integer_tensor(
+    act: Activation, candidates: Mapping[str, list[str]], ort_values: Mapping[str, np.ndarray]
+) -> str | None:
+    """The optimized graph's integer tensor holding ``act``: the first candidate onnxruntime computed, if any."""
+    return next((t for t in candidates.get(act.node, []) if t in ort_values and ort_values[t].dtype.kind in "iu"), None)
+
+
+class ForcedActivations(TorchActivations):
+    """The torch model fed onnxruntime's own quantized tensors: the error each layer makes by itself.
+
+    The free-running comparison cannot tell a layer that computes differently from one
+    that amplifies a one-step difference it was fed: deep, narrow layers turn ties
+    rounded the other way upstream into several steps downstream. Here each quantized
+    tensor's torch value is recorded (as :class:`TorchActivations` does) and then replaced
+    by onnxruntime's value of the same tensor, so the next layer starts from exactly what
+    onnxruntime fed it. A layer beyond one step in this comparison has arithmetic of its
+    own that differs (accumulation, requantization, a kernel); a layer within one step
+    here but beyond it free-running only propagates what came before it.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        activations: Sequence[Activation],
+        candidates: Mapping[str, list[str]],
+        ort_values: Mapping[str, np.ndarray],
+        channels_last: Collection[str] = (),
+    ) -> None:
+        self._forced: dict[str, list[np.ndarray | None]] = {}
+        for act in activations:
+            tensor = integer_tensor(act, candidates, ort_values)
+            value = None
+            if tensor is not None:
+                value = (ort_values[tensor].astype(np.float32) - np.float32(act.zero_point)) * np.float32(act.scale)
+                if tensor in channels_last and value.ndim == 4:
+                    value = np.ascontiguousarray(value.transpose(0, 3, 1, 2))
+            self._forced.setdefault(act.module, []).append(value)
+        super().__init__(model)
+
+    def _hook(self, name: str) -> Callable[..., torch.Tensor | None]:
+        record = super()._hook(name)
+
+        def force(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            record(module, args, output)
+            call = len(self.values[name]) - 1
+            forced = self._forced.get(name, [])
+            value = forced[call] if call < len(forced) else None
+            if value is None or tuple(value.shape) != tuple(output.shape):
+                return None  # not compared: torch keeps its own value
+            return torch.from_numpy(value).to(dtype=output.dtype, device=output.device)
+
+        return force

@@ -321,6 +321,7 @@ def divergence(
 
     from hat.deploy.divergence import (
         DivergenceReport,
+        ForcedActivations,
         TorchActivations,
         activations_of,
         channels_last_tensors,
@@ -348,15 +349,22 @@ def divergence(
     activations = activations_of(meta)
     channels_last = channels_last_tensors(optimized.graph)
     report = DivergenceReport(compared=[])
+    local = DivergenceReport(compared=[])
     size = int(next(iter(inputs.values())).shape[0])
     for i in range(size):
         sample = {name: value[i : i + 1] for name, value in inputs.items()}
-        capture = TorchActivations(fixed)
-        try:
-            with torch.no_grad():
-                fixed(dict(sample))
-        finally:
-            capture.close()
         ort_values = run_exposed(optimized, {name: value.numpy() for name, value in sample.items()})
-        compare_sample(activations, candidates, ort_values, capture.values, report, channels_last)
-    return {"stage": meta["stage"], "opt": level, **report.to_dict()}
+        for make_capture, into in (  # one after the other: the hooks of both must not be on at once
+            (lambda: TorchActivations(fixed), report),
+            (lambda: ForcedActivations(fixed, activations, candidates, ort_values, channels_last), local),  # noqa: B023
+        ):
+            capture = make_capture()
+            try:
+                with torch.no_grad():
+                    fixed(dict(sample))
+            finally:
+                capture.close()
+            compare_sample(activations, candidates, ort_values, capture.values, into, channels_last)
+    local_record = local.to_dict()
+    del local_record["not_compared"], local_record["samples"]  # the same as the free-running comparison's
+    return {"stage": meta["stage"], "opt": level, **report.to_dict(), "local": local_record}
