@@ -94,8 +94,33 @@ def sine_position_embedding(channels: int, height: int, width: int, temperature:
     return _sine_embedding(int(channels), int(height), int(width), float(temperature)).clone()
 
 
+class RebuiltBuffers:
+    """A module mixin: buffers that are saved (export writes them as initializers) but never loaded.
+
+    A position embedding is a function of the map size alone, and a checkpoint may hold
+    one for another size: loading skips the names in ``rebuilt_buffers`` (neither loaded
+    nor reported missing or unexpected) and the module keeps, or rebuilds, its own.
+    """
+
+    rebuilt_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        own = {}
+        for name in self.rebuilt_buffers:
+            state_dict.pop(prefix + name, None)
+            own[name] = self._buffers.pop(name)
+        try:
+            super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+        finally:
+            self._buffers.update(own)
+
+
 @register_type("NonLocalAttention")
-class NonLocalAttention(nn.Module):
+class NonLocalAttention(RebuiltBuffers, nn.Module):
     """Non-local attention on one map: conv3x3, attention with a gamma-scaled residual, conv3x3.
 
     Args:
@@ -111,6 +136,8 @@ class NonLocalAttention(nn.Module):
     The attention matrix is ``(B, h*w, h*w)``: meant for a coarse map (250 positions at
     stride 32 of a 320x800 image).
     """
+
+    rebuilt_buffers = ("pos_embedding",)
 
     def __init__(
         self,
@@ -157,7 +184,7 @@ class NonLocalAttention(nn.Module):
         exporter writes a state-dict buffer as an initializer behind its Q/DQ, so the add
         reads an int8 constant, where a non-persistent buffer or a tensor made in
         ``forward`` is folded through its quantizer into a float constant (and the add
-        stays float). Loading ignores it (:meth:`_load_from_state_dict`): it is a
+        stays float). Loading ignores it (:class:`RebuiltBuffers`): it is a
         function of the map size alone.
         """
         pos = self.pos_embedding
@@ -166,19 +193,6 @@ class NonLocalAttention(nn.Module):
                 like.device, like.dtype
             )
         return self.pos_embedding
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ) -> None:
-        # The saved embedding may be of another map size; the block rebuilds its own.
-        state_dict.pop(prefix + "pos_embedding", None)
-        own = self._buffers.pop("pos_embedding")
-        try:
-            super()._load_from_state_dict(
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-            )
-        finally:
-            self._buffers["pos_embedding"] = own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from hat.models.attention import POS_SCALE, sine_position_embedding
+from hat.models.attention import POS_SCALE, RebuiltBuffers, sine_position_embedding
 from hat.quant import FloatFunctional, QuantStub
 from hat.quant.fake_quant import qparams_of
 from hat_motr.model.blocks import FeedForward, MultiHeadAttention, NormQuant, box_sine_embedding, mlp, moved
@@ -88,12 +88,14 @@ class DecoderLayer(nn.Module):
         return self.norm3(self.residual3.add(tgt, self.dropout(self.ffn(tgt))))
 
 
-class Encoder(nn.Module):
+class Encoder(RebuiltBuffers, nn.Module):
     """Tokens of one ``(B, d, h, w)`` map -> ``(memory, memory + pos)``, each ``(B, h*w, d)``.
 
     ``feature_size``: the ``(h, w)`` the position buffer is first built for (the stride-32
     size of the deploy input); another size rebuilds it at the first forward.
     """
+
+    rebuilt_buffers = ("pos_embedding",)
 
     def __init__(
         self,
@@ -134,19 +136,6 @@ class Encoder(nn.Module):
         if qparams_of(like) is not None:
             pos = torch.fake_quantize_per_tensor_affine(pos, POS_SCALE, 128, 0, 255)
         return pos
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ) -> None:
-        # The saved embedding may be of another map size; it is a function of the size alone.
-        state_dict.pop(prefix + "pos_embedding", None)
-        own = self._buffers.pop("pos_embedding")
-        try:
-            super()._load_from_state_dict(
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-            )
-        finally:
-            self._buffers["pos_embedding"] = own
 
     def forward(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = feature.shape
