@@ -67,8 +67,8 @@ _INTERPOLATIONS = {
 }
 
 
-# -- helpers ----------------------------------------------------------------------------
-class _Transform:
+# -- the kit plugins build their transforms on (Transform, sample_image, start_geometry, ...) --
+class Transform:
     """Base giving every transform a ``repr`` of its constructor arguments.
 
     Subclasses list those arguments in ``_repr_fields`` so that a printed pipeline reads
@@ -82,7 +82,7 @@ class _Transform:
         return f"{type(self).__name__}({args})"
 
 
-def _image(sample: Sample, who: str) -> np.ndarray:
+def sample_image(sample: Sample, who: str) -> np.ndarray:
     img = sample.get("img")
     if not isinstance(img, np.ndarray) or img.ndim not in (2, 3):
         got = type(img).__name__ if not isinstance(img, np.ndarray) else f"array of shape {img.shape}"
@@ -90,7 +90,7 @@ def _image(sample: Sample, who: str) -> np.ndarray:
     return img
 
 
-def _start_geometry(out: Sample, img: np.ndarray) -> None:
+def start_geometry(out: Sample, img: np.ndarray) -> None:
     """Record the shapes a later transform (or the inverse mapping at eval) relies on."""
     hw = (int(img.shape[0]), int(img.shape[1]))
     out.setdefault("ori_shape", hw)
@@ -141,7 +141,7 @@ def _map_coords(out: Sample, fx: _Axis, fy: _Axis) -> None:
             out["lanes"] = [_map_xy(lane, fx, fy, "lanes") for lane in lanes]
 
 
-def _hw_pair(value: Any, name: str) -> tuple[int, int]:
+def hw_pair(value: Any, name: str) -> tuple[int, int]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
@@ -151,7 +151,7 @@ def _hw_pair(value: Any, name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _probability(value: Any, name: str) -> float:
+def check_probability(value: Any, name: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
@@ -159,7 +159,7 @@ def _probability(value: Any, name: str) -> float:
 
 # -- geometric --------------------------------------------------------------------------
 @register_type()
-class Resize(_Transform):
+class Resize(Transform):
     """Resize the image to ``size = (h, w)`` and scale every coordinate with it.
 
     With ``keep_ratio`` the image is scaled by ``min(h / H, w / W)`` so that it fits
@@ -183,16 +183,16 @@ class Resize(_Transform):
             raise ValueError("Resize takes size or its alias img_scale, not both")
         if size is None and img_scale is None:
             raise ValueError("Resize needs size: (h, w)")
-        self.size = _hw_pair(size if size is not None else img_scale, "Resize size")
+        self.size = hw_pair(size if size is not None else img_scale, "Resize size")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"Resize interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
         self.keep_ratio = bool(keep_ratio)
         self.interpolation = interpolation
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "Resize")
+        img = sample_image(sample, "Resize")
         out = dict(sample)
-        _start_geometry(out, img)
+        start_geometry(out, img)
         old_h, old_w = img.shape[:2]
         h, w = self.size
         if self.keep_ratio:
@@ -214,7 +214,7 @@ class Resize(_Transform):
 
 
 @register_type()
-class RandomFlip(_Transform):
+class RandomFlip(Transform):
     """Mirror the image and its annotations with probability ``p``.
 
     Coordinates follow the continuous convention, ``x -> W - x`` (``y -> H - y`` for a
@@ -244,7 +244,7 @@ class RandomFlip(_Transform):
             if direction != "horizontal":
                 raise ValueError("RandomFlip px is the horizontal flip probability; use p with direction='vertical'")
             p = px
-        self.p = _probability(0.5 if p is None else p, "RandomFlip p")
+        self.p = check_probability(0.5 if p is None else p, "RandomFlip p")
         self.direction = direction
         self.flip_pairs = self._check_pairs(flip_pairs)
 
@@ -267,9 +267,9 @@ class RandomFlip(_Transform):
         return pairs
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "RandomFlip")
+        img = sample_image(sample, "RandomFlip")
         out = dict(sample)
-        _start_geometry(out, img)
+        start_geometry(out, img)
         out.setdefault("flipped", False)
         if not rng.random() < self.p:
             return out
@@ -296,7 +296,7 @@ class RandomFlip(_Transform):
 
 
 @register_type()
-class Pad(_Transform):
+class Pad(Transform):
     """Pad the image on the bottom/right to ``size = (h, w)`` or to a multiple of ``size_divisor``.
 
     A fixed canvas lets samples of different aspect ratios batch together; a divisor
@@ -316,7 +316,7 @@ class Pad(_Transform):
     ) -> None:
         if (size is None) == (size_divisor is None):
             raise ValueError("Pad needs exactly one of size=(h, w) or size_divisor")
-        self.size = _hw_pair(size, "Pad size") if size is not None else None
+        self.size = hw_pair(size, "Pad size") if size is not None else None
         if size_divisor is not None and (
             not isinstance(size_divisor, (int, np.integer)) or isinstance(size_divisor, bool) or size_divisor <= 0
         ):
@@ -328,9 +328,9 @@ class Pad(_Transform):
         self.random = bool(random)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "Pad")
+        img = sample_image(sample, "Pad")
         out = dict(sample)
-        _start_geometry(out, img)
+        start_geometry(out, img)
         h, w = img.shape[:2]
         if self.size is not None:
             ph, pw = self.size
@@ -356,7 +356,7 @@ class Pad(_Transform):
 
 # -- photometric ------------------------------------------------------------------------
 @register_type()
-class AddGaussianNoise(_Transform):
+class AddGaussianNoise(Transform):
     """With probability ``prob``, add ``N(mean, sigma)`` noise per pixel (sensor noise).
 
     The result is rounded and clipped back to uint8, as a real image would be stored.
@@ -365,7 +365,7 @@ class AddGaussianNoise(_Transform):
     _repr_fields = ("prob", "mean", "sigma")
 
     def __init__(self, prob: float = 1.0, mean: float = 0.0, sigma: float = 2.0) -> None:
-        self.prob = _probability(prob, "AddGaussianNoise prob")
+        self.prob = check_probability(prob, "AddGaussianNoise prob")
         if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
             raise ValueError(f"AddGaussianNoise sigma must be a number >= 0, got {sigma!r}")
         if not isinstance(mean, (int, float)) or isinstance(mean, bool):
@@ -374,7 +374,7 @@ class AddGaussianNoise(_Transform):
         self.sigma = float(sigma)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "AddGaussianNoise")
+        img = sample_image(sample, "AddGaussianNoise")
         out = dict(sample)
         if not rng.random() < self.prob:
             return out
@@ -398,7 +398,7 @@ _YUV_OFFSET = np.array([0.0, 128.0, 128.0])
 
 
 @register_type()
-class ToTensor(_Transform):
+class ToTensor(Transform):
     """Turn the HWC numpy image into the CHW float32 tensor a model takes.
 
     ``to_yuv`` converts to YUV444 (BT.601 full range) and quantizes it to 8 bits (round
@@ -419,7 +419,7 @@ class ToTensor(_Transform):
         self.use_yuv_v2 = False
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "ToTensor")
+        img = sample_image(sample, "ToTensor")
         out = dict(sample)
         if img.ndim == 2:
             img = img[:, :, None]
@@ -443,7 +443,7 @@ class ToTensor(_Transform):
 
 
 @register_type()
-class Normalize(_Transform):
+class Normalize(Transform):
     """``(img - mean) / std`` on the CHW tensor, with scalars or one value per channel."""
 
     _repr_fields = ("mean", "std")
@@ -479,7 +479,7 @@ class Normalize(_Transform):
 
 
 @register_type()
-class Compose(_Transform):
+class Compose(Transform):
     """Apply transforms in order with one shared ``rng``, so one seed fixes the whole pipeline."""
 
     def __init__(self, transforms: Sequence[Callable[[Sample, np.random.Generator], Sample]]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hat.data.transforms import _hw_pair, _image, _probability, _Transform
+from hat.data.transforms import Transform, check_probability, hw_pair, sample_image
 from hat.registry import register_type
 
 Sample = dict[str, Any]
@@ -52,7 +52,7 @@ def _number_pair(value: Any, name: str, *, symmetric: bool = False) -> tuple[flo
 
 
 def _uint8_color(sample: Sample, who: str) -> np.ndarray:
-    img = _image(sample, who)
+    img = sample_image(sample, who)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{who} needs a uint8 HxWx3 image, got {img.dtype} of shape {img.shape}")
     return img
@@ -104,7 +104,7 @@ def _warp(img: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndar
     )
 
 
-class _Random(_Transform):
+class _Random(Transform):
     """A transform applied with probability ``p``; :meth:`apply` is the transform itself (used by :class:`OneOf`)."""
 
     p: float
@@ -119,7 +119,7 @@ class _Random(_Transform):
 
 
 @register_type()
-class LaneFixedCrop(_Transform):
+class LaneFixedCrop(Transform):
     """Cut the ``(x, y, w, h)`` window out of the frame (default: CULane's rows 270-590, the road).
 
     The sky carries no lanes; cropping it keeps the network's input on the road. A window
@@ -136,7 +136,7 @@ class LaneFixedCrop(_Transform):
         self.size = tuple(int(v) for v in size)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "LaneFixedCrop")
+        img = sample_image(sample, "LaneFixedCrop")
         x, y, w, h = self.size
         height, width = img.shape[:2]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
@@ -150,16 +150,16 @@ class LaneFixedCrop(_Transform):
 
 
 @register_type()
-class LaneResize(_Transform):
+class LaneResize(Transform):
     """Stretch the image to ``size = (h, w)`` (default the recipe's 320x800); lanes scale with it."""
 
     _repr_fields = ("size",)
 
     def __init__(self, size: Sequence[int] = (320, 800)) -> None:
-        self.size = _hw_pair(tuple(size) if isinstance(size, list) else size, "LaneResize size")
+        self.size = hw_pair(tuple(size) if isinstance(size, list) else size, "LaneResize size")
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "LaneResize")
+        img = sample_image(sample, "LaneResize")
         h, w = self.size
         old_h, old_w = img.shape[:2]
         resized = img if (old_h, old_w) == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -173,10 +173,10 @@ class LaneRandomFlip(_Random):
     _repr_fields = ("p",)
 
     def __init__(self, p: float = 0.5) -> None:
-        self.p = _probability(p, "LaneRandomFlip p")
+        self.p = check_probability(p, "LaneRandomFlip p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "LaneRandomFlip")
+        img = sample_image(sample, "LaneRandomFlip")
         w = img.shape[1]
         matrix = np.array([[-1.0, 0.0, w], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
         return _geometry(sample, np.ascontiguousarray(img[:, ::-1]), matrix)
@@ -204,7 +204,7 @@ class LaneShiftScaleRotate(_Random):
         if self.scale_limit[0] <= 0:
             raise ValueError(f"LaneShiftScaleRotate scale_limit must be positive, got {scale_limit!r}")
         self.rotate_limit = _number_pair(rotate_limit, "LaneShiftScaleRotate rotate_limit", symmetric=True)
-        self.p = _probability(p, "LaneShiftScaleRotate p")
+        self.p = check_probability(p, "LaneShiftScaleRotate p")
 
     def matrix(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         """The random map of one call: about the centre, rotate and scale, then shift."""
@@ -217,7 +217,7 @@ class LaneShiftScaleRotate(_Random):
         return translation(cx + dx, cy + dy) @ rotate @ translation(-cx, -cy)
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "LaneShiftScaleRotate")
+        img = sample_image(sample, "LaneShiftScaleRotate")
         h, w = img.shape[:2]
         matrix = self.matrix(rng, w, h)
         return _geometry(sample, _warp(img, matrix, (h, w)), matrix)
@@ -246,8 +246,8 @@ class LaneRandomResizedCrop(_Random):
         self.ratio = _number_pair(ratio, "LaneRandomResizedCrop ratio")
         if self.scale[0] <= 0 or self.ratio[0] <= 0:
             raise ValueError(f"LaneRandomResizedCrop scale and ratio must be positive, got {scale!r}, {ratio!r}")
-        self.size = None if size is None else _hw_pair(tuple(size), "LaneRandomResizedCrop size")
-        self.p = _probability(p, "LaneRandomResizedCrop p")
+        self.size = None if size is None else hw_pair(tuple(size), "LaneRandomResizedCrop size")
+        self.p = check_probability(p, "LaneRandomResizedCrop p")
 
     def matrix(self, rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The random window of one call, as the map from the image onto the output, and the output size."""
@@ -260,7 +260,7 @@ class LaneRandomResizedCrop(_Random):
         return np.diag([out_w / cw, out_h / ch, 1.0]) @ translation(-x0, -y0), (out_h, out_w)
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "LaneRandomResizedCrop")
+        img = sample_image(sample, "LaneRandomResizedCrop")
         h, w = img.shape[:2]
         matrix, size = self.matrix(rng, w, h)
         return _geometry(sample, _warp(img, matrix, size), matrix)
@@ -289,7 +289,7 @@ class RGBShift(_Random):
         self.r_shift_limit = _number_pair(r_shift_limit, "RGBShift r_shift_limit", symmetric=True)
         self.g_shift_limit = _number_pair(g_shift_limit, "RGBShift g_shift_limit", symmetric=True)
         self.b_shift_limit = _number_pair(b_shift_limit, "RGBShift b_shift_limit", symmetric=True)
-        self.p = _probability(p, "RGBShift p")
+        self.p = check_probability(p, "RGBShift p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
         img = _uint8_color(sample, "RGBShift")
@@ -315,7 +315,7 @@ class HueSaturationValue(_Random):
         self.hue_shift_limit = _number_pair(hue_shift_limit, "HueSaturationValue hue_shift_limit", symmetric=True)
         self.sat_shift_limit = _number_pair(sat_shift_limit, "HueSaturationValue sat_shift_limit", symmetric=True)
         self.val_shift_limit = _number_pair(val_shift_limit, "HueSaturationValue val_shift_limit", symmetric=True)
-        self.p = _probability(p, "HueSaturationValue p")
+        self.p = check_probability(p, "HueSaturationValue p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
         img = _uint8_color(sample, "HueSaturationValue")
@@ -347,10 +347,10 @@ class JPEGCompress(_Random):
                 f"got {quality_lower!r}, {quality_upper!r}"
             )
         self.quality_lower, self.quality_upper = quality_lower, quality_upper
-        self.p = _probability(p, "JPEGCompress p")
+        self.p = check_probability(p, "JPEGCompress p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "JPEGCompress")
+        img = sample_image(sample, "JPEGCompress")
         quality = int(rng.integers(self.quality_lower, self.quality_upper, endpoint=True))
         ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
@@ -373,10 +373,10 @@ class MeanBlur(_Random):
 
     def __init__(self, ksize: int = 3, p: float = 0.5) -> None:
         self.ksize = _ksize(ksize, "MeanBlur")
-        self.p = _probability(p, "MeanBlur p")
+        self.p = check_probability(p, "MeanBlur p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "MeanBlur")
+        img = sample_image(sample, "MeanBlur")
         return _with_image(sample, cv2.blur(img, (self.ksize, self.ksize)).reshape(img.shape))
 
 
@@ -388,10 +388,10 @@ class MedianBlur(_Random):
 
     def __init__(self, ksize: int = 3, p: float = 0.5) -> None:
         self.ksize = _ksize(ksize, "MedianBlur")
-        self.p = _probability(p, "MedianBlur p")
+        self.p = check_probability(p, "MedianBlur p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "MedianBlur")
+        img = sample_image(sample, "MedianBlur")
         return _with_image(sample, cv2.medianBlur(img, self.ksize).reshape(img.shape))
 
 
@@ -411,10 +411,10 @@ class RandomBrightnessContrast(_Random):
             brightness_limit, "RandomBrightnessContrast brightness_limit", symmetric=True
         )
         self.contrast_limit = _number_pair(contrast_limit, "RandomBrightnessContrast contrast_limit", symmetric=True)
-        self.p = _probability(p, "RandomBrightnessContrast p")
+        self.p = check_probability(p, "RandomBrightnessContrast p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "RandomBrightnessContrast")
+        img = sample_image(sample, "RandomBrightnessContrast")
         alpha = 1.0 + rng.uniform(*self.contrast_limit)
         beta = 255.0 * rng.uniform(*self.brightness_limit)
         out = img.astype(np.float32) * alpha + beta
@@ -439,7 +439,7 @@ class OneOf(_Random):
             )
         weights = np.array([t.p for t in self.transforms], np.float64)
         self._weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
-        self.p = _probability(p, "OneOf p")
+        self.p = check_probability(p, "OneOf p")
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
         chosen = self.transforms[int(rng.choice(len(self.transforms), p=self._weights))]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hat.data.transforms import Compose, Resize, _image, _probability, _start_geometry, _Transform
+from hat.data.transforms import Compose, Resize, Transform, check_probability, sample_image, start_geometry
 from hat.registry import register_type
 
 Sample = dict[str, Any]
@@ -58,7 +58,7 @@ def resized_shape(h: int, w: int, size: int, max_size: int | None = None) -> tup
 
 
 @register_type("MotRandomResize")
-class MotRandomResize(_Transform):
+class MotRandomResize(Transform):
     """Resize so that the short side is one of ``sizes`` (drawn at random), the long side at most ``max_size``.
 
     The multi-scale resize of DETR and MOTR. The image and every annotation are resized by
@@ -76,14 +76,14 @@ class MotRandomResize(_Transform):
         self.max_size = None if max_size is None else _positive_int(max_size, "MotRandomResize max_size")
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "MotRandomResize")
+        img = sample_image(sample, "MotRandomResize")
         size = self.sizes[int(rng.integers(len(self.sizes)))]
         h, w = resized_shape(int(img.shape[0]), int(img.shape[1]), size, self.max_size)
         return Resize(size=(h, w), keep_ratio=False)(sample, rng)
 
 
 @register_type("MotRandomSizeCrop")
-class MotRandomSizeCrop(_Transform):
+class MotRandomSizeCrop(Transform):
     """Crop a random ``h x w`` window, each side drawn in ``[min_size, min(side, max_size)]`` (DETR's RandomSizeCrop).
 
     Boxes are shifted, clipped to the window and dropped when nothing of them is left;
@@ -102,9 +102,9 @@ class MotRandomSizeCrop(_Transform):
         self.box_keys = tuple(box_keys)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        img = _image(sample, "MotRandomSizeCrop")
+        img = sample_image(sample, "MotRandomSizeCrop")
         out = dict(sample)
-        _start_geometry(out, img)
+        start_geometry(out, img)
         H, W = int(img.shape[0]), int(img.shape[1])
         w = int(rng.integers(min(self.min_size, W), min(W, self.max_size), endpoint=True))
         h = int(rng.integers(min(self.min_size, H), min(H, self.max_size), endpoint=True))
@@ -132,7 +132,7 @@ class MotRandomSizeCrop(_Transform):
 
 
 @register_type("MotRandomSelect")
-class MotRandomSelect(_Transform):
+class MotRandomSelect(Transform):
     """With probability ``p`` apply ``first``, else ``second`` (each a transform or a list of them).
 
     DETR's RandomSelect; MOTR uses it to choose between a plain multi-scale resize and a
@@ -149,7 +149,7 @@ class MotRandomSelect(_Transform):
     ) -> None:
         self.first = first if callable(first) else Compose(first)
         self.second = second if callable(second) else Compose(second)
-        self.p = _probability(p, "MotRandomSelect p")
+        self.p = check_probability(p, "MotRandomSelect p")
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         return self.first(sample, rng) if rng.random() < self.p else self.second(sample, rng)
