@@ -110,6 +110,36 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def _predicted_tracks(
+    batch: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> tuple[list[str], list[Any], list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]:
+    """The batch's sequences and frame numbers, and per frame its tracks (ids, boxes, scores or None).
+
+    Padding rows (ids below 0) are dropped. What the metric and the tracks writer both read.
+    """
+    seqs = batch["seq"]
+    seqs = [seqs] if isinstance(seqs, str) else list(seqs)
+    n = len(seqs)
+    frames = _per_frame(batch["frame"], n, "frame")
+    ids = _per_frame(outputs["track_ids"], n, "track_ids")
+    boxes = _per_frame(outputs["track_boxes"], n, "track_boxes")
+    scores = outputs.get("track_scores")
+    scores = [None] * n if scores is None else _per_frame(scores, n, "track_scores")
+    tracks = []
+    for k in range(n):
+        pred_ids = _array(ids[k], np.int64)
+        pred_boxes = _array(boxes[k], np.float64, (-1, 4))
+        pred_scores = None if scores[k] is None else _array(scores[k], np.float64)
+        num_scores = len(pred_ids) if pred_scores is None else len(pred_scores)
+        if not len(pred_ids) == len(pred_boxes) == num_scores:
+            raise ValueError(
+                f"frame {k} of the batch has {len(pred_ids)} track ids, {len(pred_boxes)} boxes and {num_scores} scores"
+            )
+        real = pred_ids >= 0
+        tracks.append((pred_ids[real], pred_boxes[real], None if pred_scores is None else pred_scores[real]))
+    return seqs, frames, tracks
+
+
 def load_mot(text: str, **kwargs: Any):
     """``mm.io.loadtxt`` of MOT text (an empty text gives py-motmetrics' empty frame with the same columns)."""
     mm = _import_mm()
@@ -179,29 +209,16 @@ class MotMetric(Metric):
         self.add_state("frames", [], reduce="cat")
 
     def update(self, batch: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
-        seqs = batch["seq"]
-        seqs = [seqs] if isinstance(seqs, str) else list(seqs)
+        seqs, frames, tracks = _predicted_tracks(batch, outputs)
         n = len(seqs)
-        frames = _per_frame(batch["frame"], n, "frame")
         num_frames = _per_frame(batch["num_frames"], n, "num_frames")
         width = _per_frame(batch["width"], n, "width")
         height = _per_frame(batch["height"], n, "height")
         rate = _per_frame(batch.get("frame_rate", [30] * n), n, "frame_rate")
         gt = {k: _per_frame(batch[k], n, k) for k in ("gt_boxes", "gt_ids", "gt_consider", "gt_class", "gt_visibility")}
-        ids = _per_frame(outputs["track_ids"], n, "track_ids")
-        boxes = _per_frame(outputs["track_boxes"], n, "track_boxes")
-        scores = outputs.get("track_scores")
-        scores = [None] * n if scores is None else _per_frame(scores, n, "track_scores")
-        for k in range(n):
-            pred_ids = _array(ids[k], np.int64)
-            pred_boxes = _array(boxes[k], np.float64, (-1, 4))
-            pred_scores = np.ones(len(pred_ids)) if scores[k] is None else _array(scores[k], np.float64)
-            if not len(pred_ids) == len(pred_boxes) == len(pred_scores):
-                raise ValueError(
-                    f"frame {k} of the batch has {len(pred_ids)} track ids, {len(pred_boxes)} boxes "
-                    f"and {len(pred_scores)} scores"
-                )
-            real = pred_ids >= 0
+        for k, (pred_ids, pred_boxes, pred_scores) in enumerate(tracks):
+            if pred_scores is None:
+                pred_scores = np.ones(len(pred_ids))
             self.frames.append(
                 {
                     "seq": str(seqs[k]),
@@ -210,9 +227,9 @@ class MotMetric(Metric):
                     "width": int(_scalar(width[k])),
                     "height": int(_scalar(height[k])),
                     "frame_rate": int(_scalar(rate[k])),
-                    "pred_ids": pred_ids[real],
-                    "pred_boxes": pred_boxes[real],
-                    "pred_scores": pred_scores[real],
+                    "pred_ids": pred_ids,
+                    "pred_boxes": pred_boxes,
+                    "pred_scores": pred_scores,
                     "gt_boxes": _array(gt["gt_boxes"][k], np.float64, (-1, 4)),
                     "gt_ids": _array(gt["gt_ids"][k], np.int64),
                     "gt_consider": _array(gt["gt_consider"][k], np.int64),
@@ -312,24 +329,10 @@ class MotTracksWriter:
     """
 
     def __call__(self, predictions: Mapping[str, Any], batch: Mapping[str, Any], out_dir: Path) -> None:
-        seqs = batch["seq"]
-        seqs = [seqs] if isinstance(seqs, str) else list(seqs)
-        n = len(seqs)
-        frames = _per_frame(batch["frame"], n, "frame")
-        ids = _per_frame(predictions["track_ids"], n, "track_ids")
-        boxes = _per_frame(predictions["track_boxes"], n, "track_boxes")
-        scores = predictions.get("track_scores")
-        scores = [None] * n if scores is None else _per_frame(scores, n, "track_scores")
+        seqs, frames, tracks = _predicted_tracks(batch, predictions)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for k in range(n):
-            pred_ids = _array(ids[k], np.int64)
-            real = pred_ids >= 0
-            lines = format_track_rows(
-                int(_scalar(frames[k])),
-                pred_ids[real],
-                _array(boxes[k], np.float64, (-1, 4))[real],
-                None if scores[k] is None else _array(scores[k], np.float64)[real],
-            )
+        for k, (pred_ids, pred_boxes, pred_scores) in enumerate(tracks):
+            lines = format_track_rows(int(_scalar(frames[k])), pred_ids, pred_boxes, pred_scores)
             path = Path(out_dir) / f"{seqs[k]}.txt"
             with path.open("a") as f:
                 f.writelines(f"{line}\n" for line in lines)
