@@ -77,6 +77,60 @@ class ToyRegressor(torch.nn.Module):
         return out
 
 
+@register_type("ToyTwoGraphRegressor")
+class ToyTwoGraphRegressor(ToyRegressor):
+    """The toy regressor deployed as two graphs with host code between them (:class:`ToyChain`).
+
+    Graph ``model`` (``deploy: model``): ``x -> pred, hidden``; graph ``step`` (``deploy:
+    step``): ``hidden -> next_state``, a Linear of its own that the training model runs
+    too (so calibration sees it) but whose output takes no part in the loss.
+    """
+
+    def __init__(self, dim: int = 4, hidden: int = 16, deploy: bool | str = False) -> None:
+        super().__init__(dim, hidden)
+        self.deploy = deploy
+        self.hidden_quant = QuantStub()
+        self.update = torch.nn.Linear(hidden, 2)
+        self.dequant_hidden = DeQuantStub()
+        self.dequant_state = DeQuantStub()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.deploy == "step":
+            return {"next_state": self.dequant_state(self.update(self.hidden_quant(batch["hidden"])))}
+        hidden = self.body(self.quant(batch["x"]))
+        out = {"pred": self.dequant(self.head(hidden)), "hidden": self.dequant_hidden(hidden)}
+        if self.deploy:
+            return out
+        # The step graph runs too, so calibration sees (and calibrates) it; it takes no part in the loss.
+        state = self.dequant_state(self.update(self.hidden_quant(out["hidden"])))
+        if "y" in batch:
+            out["loss"] = torch.nn.functional.mse_loss(out["pred"], batch["y"]) + 0.0 * state.sum()
+        return out
+
+
+@register_type("ToyChain")
+class ToyChain:
+    """Host code between the toy's two graphs: each batch's ``pred`` plus a state carried from
+    the previous batch (``step``'s output, averaged), so the result depends on the order."""
+
+    def __init__(self, weight: float = 0.01) -> None:
+        self.weight = weight
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = 0.0
+        self.calls: list[str] = []
+
+    def __call__(self, run_graph: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = run_graph("model", {"x": batch["x"]})
+        self.calls.append("model")
+        pred = torch.as_tensor(out["pred"]) + self.weight * self.state
+        step = run_graph("step", {"hidden": torch.as_tensor(out["hidden"])})
+        self.calls.append("step")
+        self.state = float(torch.as_tensor(step["next_state"]).mean())
+        return {"pred": pred}
+
+
 @register_type("ToyMSE")
 class ToyMSE(Metric):
     name = "mse"
@@ -122,7 +176,7 @@ class ToyEnginePlugin:
 
     @hookimpl
     def hat_register(self, registry) -> None:
-        for cls in (ToyRegressionData, ToyRegressor, ToyMSE, KillSwitch):
+        for cls in (ToyRegressionData, ToyRegressor, ToyTwoGraphRegressor, ToyChain, ToyMSE, KillSwitch):
             registry.add(cls)
 
     @hookimpl

@@ -31,3 +31,6 @@ def mot_packed(mot_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split in ("train", "val"):
         run_pack(Mot17Packer(mot_raw, split), dst)
     return dst
+
+
+motr_module_host = host_fixture("hat_motr.plugin", "hat-motr", scope="module")

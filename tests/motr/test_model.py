@@ -25,14 +25,10 @@ from hat_motr.model import (
     QIM_INPUTS,
     QIM_OUTPUTS,
     MotrCriterion,
-    MotrModel,
     criterion,
     motr,
 )
-
-IMAGE = (64, 96)  # stride 32: a 2x3 token map
-D_MODEL, TRACKS, QUERIES = 32, 8, 16
-SLOTS = TRACKS + QUERIES
+from tests.motr.tiny_model import D_MODEL, IMAGE, SLOTS, TRACKS, tiny
 
 
 @pytest.fixture(autouse=True)
@@ -43,25 +39,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny(deploy: bool | str = False, seed: int = 0, **overrides) -> MotrModel:
-    torch.manual_seed(seed)
-    backbone = EfficientNet(
-        "b0", activation="relu", use_se_block=False, include_top=False, out_indices=[4], drop_connect_rate=0.0
-    )
-    args = dict(
-        d_model=D_MODEL,
-        num_heads=4,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        ffn_channels=64,
-        num_queries=QUERIES,
-        num_track_slots=TRACKS,
-        feature_size=(2, 3),
-        deploy=deploy,
-    )
-    return MotrModel(backbone, **{**args, **overrides})
 
 
 def detect_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -377,3 +354,65 @@ def test_int8_export_of_both_graphs_runs_every_matmul_int8(
     for name, value in simulated.items():
         a, b = torch.from_numpy(got[name]).flatten().double(), value.flatten().double()
         assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.98, name
+
+
+# -- query selection and the token loss (the tiny config's, not the recipe's) -----------------
+
+
+def test_query_selection_centres_the_detect_references_on_the_best_tokens() -> None:
+    model = tiny(query_selection=True, num_queries=4).eval()
+    with torch.no_grad():
+        model.token_head.weight.zero_()
+        model.token_head.weight[0, 0] = 1.0
+        model.token_head.bias.zero_()
+    memory = torch.zeros(1, 6, D_MODEL)
+    memory[0, :, 0] = torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0, 3.0])  # a 2x3 grid, scores by token
+    refs = torch.sigmoid(model.selected_refs(memory, (2, 3)))
+    # every token neighbours token 1 (score 5) in a 3x3 window: it is the one peak; the rest follow by score
+    centres = [((1 + 0.5) / 3, 0.25), ((0 + 0.5) / 3, 0.75), ((2 + 0.5) / 3, 0.75), ((1 + 0.5) / 3, 0.75)]
+    torch.testing.assert_close(refs[0, :, :2], torch.tensor(centres), atol=2e-3, rtol=0)
+    torch.testing.assert_close(refs[0, :, 2:], torch.sigmoid(model.detect_ref[0, :, 2:]).detach(), atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="too few tokens"):
+        tiny(query_selection=True, num_queries=7)
+    untrained = tiny(query_selection=True, num_queries=4).train()
+    boxes, ids = clip_targets()
+    with pytest.raises(ValueError, match="token_weight > 0"):
+        untrained({"img": torch.zeros(1, 2, 3, *IMAGE), "target_boxes": boxes, "target_ids": ids})
+
+
+def test_peaks_rank_before_their_neighbours() -> None:
+    from hat_motr.model.motr import peak_scores
+
+    scores = torch.tensor([[9.0, 8.0, 0.0, 0.0, 7.0, 0.0, 6.0, 0.0]])  # a 1x8 row: peaks at 0, 4 and 6
+    order = peak_scores(scores, 1, 8).topk(4, dim=1).indices[0].tolist()
+    assert order == [0, 4, 6, 1]  # the neighbour of a peak (index 1, score 8) only after every peak
+
+
+def test_the_token_loss_targets_the_tokens_whose_centre_is_in_a_box() -> None:
+    crit = MotrCriterion(token_weight=1.0)
+    box = torch.tensor([[0.25, 0.25, 0.5, 0.5]])  # the top-left quarter: of a 2x4 grid, tokens 0 and 1
+    inside = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    right = ((inside * 2 - 1) * 20.0).reshape(1, 8, 1)
+    assert float(crit.token_loss(right, (2, 4), [box])) < 1e-6
+    assert float(crit.token_loss(-right, (2, 4), [box])) > 10.0
+    with pytest.raises(ValueError, match="token_weight must be >= 0"):
+        MotrCriterion(token_weight=-1.0)
+
+
+def test_query_selection_trains_and_exports_as_a_topk(tmp_path: Path) -> None:
+    model = tiny(query_selection=True, num_queries=4, criterion=MotrCriterion(token_weight=2.0)).train()
+    boxes, ids = clip_targets()
+    losses = model({"img": torch.randn(1, 2, 3, *IMAGE), "target_boxes": boxes, "target_ids": ids})
+    assert float(losses["loss_token"].detach()) > 0
+    sum(losses.values()).backward()
+    assert model.token_head.weight.grad is not None and model.token_head.weight.grad.abs().sum() > 0
+    deploy = tiny(deploy="detect", query_selection=True, num_queries=4).eval()
+    path = export_float_onnx(deploy, detect_inputs(), tmp_path / "qs.float.onnx").path
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "TopK" in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {k: v.numpy() for k, v in detect_inputs().items()}
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    with torch.no_grad():
+        ref = deploy(detect_inputs())
+    np.testing.assert_allclose(got["boxes"], ref["boxes"].numpy(), atol=1e-4)

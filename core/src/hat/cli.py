@@ -290,7 +290,9 @@ def train_command(
     finally:
         distributed.shutdown()
     if main_rank:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) or "no validation metrics"
+        from hat.metrics import format_summary
+
+        shown = format_summary(metrics) if metrics else "no validation metrics"
         console.out.print(f"{stage} done after {global_step} steps: {shown}; checkpoints in {stage_cfg.work_dir}")
 
 
@@ -324,12 +326,20 @@ def calops_command(
     """FLOPs and parameters of the deploy model at its deploy input shape."""
     from hat.engine.calops import calops_for_config
     from hat.plugins import get_host
+    from hat.usecases.deploy import graph_stage_configs
 
-    stage_cfg = _stage_config(task, config, overrides, None)
-    report = calops_for_config(stage_cfg.config, get_host().registry)
+    graphs = graph_stage_configs(_stage_config(task, config, overrides, None))
+    reports = [(graph_cfg, calops_for_config(graph_cfg.config, get_host().registry)) for graph_cfg in graphs]
     if as_json:
-        console.out.print_json(json.dumps(report.to_dict()))
-    else:
+        from hat.engine.deploy_model import graph_of
+
+        data = {graph_of(g.config): r.to_dict() for g, r in reports}
+        console.out.print_json(json.dumps(data if len(data) > 1 else next(iter(data.values()))))
+        return
+    for graph_cfg, report in reports:
+        label = _graph_label(graph_cfg)
+        if label:
+            console.out.print(f"[bold]calops{label}[/bold]")
         console.out.print(report.render_table())
 
 
@@ -352,13 +362,23 @@ def export_command(
     """Fixed-point model -> export/model.onnx (int8 QDQ), model.float.onnx, export.json."""
     from hat.usecases import deploy as commands
 
-    exported = commands.export(_stage_config(task, config, overrides, work_dir), stage)
-    info = exported.info
-    console.out.print(
-        f"exported the {exported.stage} model to {exported.onnx_path} "
-        f"({info['int8_initializers']} int8 and {info['int32_initializers']} int32 initializers, "
-        f"{len(info['activations'])} quantized activations) and {exported.float_path}"
-    )
+    for graph_cfg in commands.graph_stage_configs(_stage_config(task, config, overrides, work_dir)):
+        exported = commands.export(graph_cfg, stage)
+        info = exported.info
+        console.out.print(
+            f"exported the {exported.stage} model{_graph_label(graph_cfg)} to {exported.onnx_path} "
+            f"({info['int8_initializers']} int8 and {info['int32_initializers']} int32 initializers, "
+            f"{len(info['activations'])} quantized activations) and {exported.float_path}"
+        )
+
+
+def _graph_label(stage_cfg) -> str:
+    """`` (graph qim)`` for a task's further deploy graph, nothing for its first."""
+    from hat.engine.deploy_model import graph_of
+    from hat.workdir import MAIN_GRAPH
+
+    graph = graph_of(stage_cfg.config)
+    return "" if graph == MAIN_GRAPH else f" (graph {graph})"
 
 
 @app.command("compile")
@@ -374,13 +394,16 @@ def compile_command(
     """Optimize the exported model (--opt 0..3) and measure it: compile/perf.json and perf.html."""
     from hat.usecases import deploy as commands
 
-    data = commands.compile_model(_stage_config(task, config, overrides, work_dir), opt=opt, threads=threads, runs=runs)
-    _print_perf(data)
+    for graph_cfg in commands.graph_stage_configs(_stage_config(task, config, overrides, work_dir)):
+        data = commands.compile_model(graph_cfg, opt=opt, threads=threads, runs=runs)
+        _print_perf(data, _graph_label(graph_cfg))
 
 
-def _print_perf(data: dict) -> None:
+def _print_perf(data: dict, label: str = "") -> None:
     int8, flt = data["latency"]["int8"], data["latency"].get("float")
-    table = Table(title=f"compiled at opt {data['opt_level']}, {data['threads']} thread(s)", title_justify="left")
+    table = Table(
+        title=f"compiled{label} at opt {data['opt_level']}, {data['threads']} thread(s)", title_justify="left"
+    )
     for column in ("model", "median ms", "p10 ms", "p90 ms"):
         table.add_column(column, justify="right" if column != "model" else "left")
     table.add_row("int8 (onnxruntime)", *(f"{int8[k]:.3f}" for k in ("median_ms", "p10_ms", "p90_ms")))
@@ -412,11 +435,23 @@ def check_command(
     from hat.deploy.errors import RuntimeFailure
     from hat.usecases import deploy as commands
 
-    try:
-        checked = commands.check(_stage_config(task, config, overrides, work_dir), stage=stage, opt=opt)
-    except RuntimeFailure as exc:  # the model does not run: that is the check failing, exit 1
-        console.err.print(f"[bold red]check failed:[/bold red] {escape(exc.render())}", soft_wrap=True)
-        raise typer.Exit(1) from None
+    failed = False
+    for graph_cfg in commands.graph_stage_configs(_stage_config(task, config, overrides, work_dir)):
+        label = _graph_label(graph_cfg)
+        if label:
+            console.out.print(f"[bold]check{label}[/bold]")
+        try:
+            checked = commands.check(graph_cfg, stage=stage, opt=opt)
+        except RuntimeFailure as exc:  # the model does not run: that is the check failing, exit 1
+            console.err.print(f"[bold red]check failed{label}:[/bold red] {escape(exc.render())}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        failed = _print_check(checked) or failed
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_check(checked) -> bool:
+    """What `hat check` found on one graph; True when it is not safe for its deploy target."""
     analysis, saturation = checked.analysis, checked.saturation
     non_int8 = analysis.non_int8()
     if analysis.modules_not_int8:
@@ -430,8 +465,7 @@ def check_command(
         else "the model runs in onnxruntime"
     )
     _print_saturation(saturation, checked.target)
-    if not saturation["safe_without_vnni"] and not checked.target.needs_vnni:
-        raise typer.Exit(1)
+    return not saturation["safe_without_vnni"] and not checked.target.needs_vnni
 
 
 def _print_saturation(summary: dict, target) -> None:

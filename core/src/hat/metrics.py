@@ -68,3 +68,16 @@ class Metric:
 
 def _fresh(default: torch.Tensor | list) -> torch.Tensor | list:
     return default.clone() if isinstance(default, torch.Tensor) else list(default)
+
+
+def format_summary(results: dict[str, float]) -> str:
+    """``name=value, ...`` of the overall values, for one line of a training log.
+
+    Keys with a ``/`` are a metric's breakdown (per class, per sequence, a second
+    protocol); a line lists the overall values and counts the rest, which stay in the
+    run's log and the predict JSON.
+    """
+    overall = {k: v for k, v in results.items() if "/" not in k} or dict(results)
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in overall.items())
+    rest = len(results) - len(overall)
+    return shown + (f" (+{rest} per-group values in the log)" if rest else "")

@@ -127,6 +127,7 @@ def check_plugin(
     """
     import torch
 
+    from hat.engine.deploy_model import build_deploy_model
     from hat.errors import UserError
     from hat.usecases.demo import run_demo
     from hat.usecases.stages import load_stage_config
@@ -147,8 +148,8 @@ def check_plugin(
             try:
                 stage_cfg = load_stage_config(task_name, config_ref=name, work_dir=Path(work), host=host)
                 cfg = stage_cfg.config
-                model = host.registry.build(cfg["deploy_model"], path="deploy_model", locate=cfg.locate).eval()
-                inputs = {k: torch.zeros(*shape) for k, shape in cfg["deploy_inputs"].items()}
+                cfg["deploy_model"]  # noqa: B018 -- a config without one is a problem (KeyError below)
+                model, inputs = build_deploy_model(cfg, host.registry)  # the graph the config stands for
                 with torch.no_grad():
                     outputs = model(inputs)
             except (UserError, KeyError, RuntimeError, TypeError, ValueError) as exc:

@@ -16,6 +16,7 @@ Layout of ``hat-work/<config name>/``::
     logs/<stage>.jsonl
     predict/<stage>.json
     export/model.onnx  export/model.float.onnx  export/export.json
+    export/<graph>/...  compile/<graph>/...   (a task's further deploy graphs, e.g. motr's qim)
     export/check.opt<N>.onnx  export/check.json
     compile/model.opt<N>.onnx  compile/perf.json  compile/perf.html
     validate.json
@@ -106,14 +107,22 @@ def prediction_path(work_dir: Path, stage: str) -> Path:
     return Path(work_dir) / PREDICT_DIR / f"{stage}.json"
 
 
-def export_dir(work_dir: Path) -> Path:
-    """``<work-dir>/export``."""
-    return Path(work_dir) / EXPORT_DIR
+#: The name of a task's one (or first) deploy graph; see hat.engine.deploy_model.
+MAIN_GRAPH = "model"
 
 
-def compile_dir(work_dir: Path) -> Path:
-    """``<work-dir>/compile``."""
-    return Path(work_dir) / COMPILE_DIR
+def _graph_folder(root: Path, graph: str | None) -> Path:
+    return root if graph in (None, MAIN_GRAPH) else root / str(graph)
+
+
+def export_dir(work_dir: Path, graph: str | None = None) -> Path:
+    """``<work-dir>/export``, or ``export/<graph>`` for a task's further deploy graph."""
+    return _graph_folder(Path(work_dir) / EXPORT_DIR, graph)
+
+
+def compile_dir(work_dir: Path, graph: str | None = None) -> Path:
+    """``<work-dir>/compile``, or ``compile/<graph>`` for a task's further deploy graph."""
+    return _graph_folder(Path(work_dir) / COMPILE_DIR, graph)
 
 
 def analysis_dir(work_dir: Path) -> Path:

@@ -9,6 +9,7 @@ and ``compile/`` (model.opt<N>.onnx, perf.json, perf.html).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 
 from hat import console, workdir
 from hat.engine.converters import ConvertContext, ModelConvertPipeline
-from hat.engine.deploy_model import build_deploy_model
+from hat.engine.deploy_model import build_deploy_model, graph_config, graph_names, graph_of
+from hat.engine.runner import batch_size_of
 from hat.errors import ConfigError, UserError
 from hat.plugins import PluginHost, get_host
 from hat.quant.precision import CONFIG_KEY as PRECISION_KEY
@@ -42,7 +44,16 @@ class Exported:
 
 
 def export_dir(stage_cfg: StageConfig) -> Path:
-    return workdir.export_dir(stage_cfg.work_dir)
+    """``export/``, or ``export/<graph>/`` when the config stands for a further deploy graph."""
+    return workdir.export_dir(stage_cfg.work_dir, graph_of(stage_cfg.config))
+
+
+def graph_stage_configs(stage_cfg: StageConfig) -> list[StageConfig]:
+    """One stage config per deploy graph the command handles (see :mod:`hat.engine.deploy_model`)."""
+    return [
+        dataclasses.replace(stage_cfg, config=graph_config(stage_cfg.config, graph))
+        for graph in graph_names(stage_cfg.config)
+    ]
 
 
 def hint_command(stage_cfg: StageConfig, command: str) -> str:
@@ -132,13 +143,16 @@ def export(stage_cfg: StageConfig, stage: str | None = None, host: PluginHost | 
     target = get_target(target_name_of(stage_cfg.config))
     fixed, inputs, checkpoints = fixed_point_model(stage_cfg, stage, host)
     _check_trained_target(checkpoints, target.name, stage_cfg)
-    remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
+    graph = graph_of(stage_cfg.config)
+    if graph == workdir.MAIN_GRAPH:  # a further graph's export is part of the same run
+        remember_config(stage_cfg, f"hat export {stage_cfg.task} --stage {stage}")
     out = export_dir(stage_cfg)
     info = export_onnx(fixed, inputs, out / workdir.EXPORTED_MODEL, opset=opset, target=target)
     float_info = export_float_onnx(float_model(stage_cfg, host), inputs, out / workdir.FLOAT_MODEL, opset=opset)
     extra = {
         "stage": stage,
         "config": stage_cfg.config.name,
+        "graph": graph,
         # every module not at int8 and why (precision rules, or no int8 form): what check lists
         "modules_not_int8": _modules_not_int8(fixed),
         "source_checkpoint": [str(p) for p in checkpoints],
@@ -265,7 +279,8 @@ def compile_model(
     settings = _compile_settings(stage_cfg, opt=opt, threads=threads, runs=runs)
     _check_counts(stage_cfg, settings)
     backend = _backend(settings["backend"], host)
-    out_dir = workdir.compile_dir(stage_cfg.work_dir)
+    graph = graph_of(stage_cfg.config)
+    out_dir = workdir.compile_dir(stage_cfg.work_dir, graph)
     level = int(settings["opt"])
     compiled = backend.compile(model_path, level, out_dir / workdir.compiled_model_name(level))
     feeds = _example_feeds(meta)
@@ -281,7 +296,8 @@ def compile_model(
     kernels = _announce_kernels(meta)
     data = write_perf_report(
         out_dir,
-        model_name=f"{stage_cfg.task} ({stage_cfg.config.name}, {meta.get('stage')})",
+        model_name=f"{stage_cfg.task} ({stage_cfg.config.name}, {meta.get('stage')})"
+        + (f", graph {graph}" if graph != workdir.MAIN_GRAPH else ""),
         opt_level=level,
         threads=common["threads"],
         int8_latency=int8_latency,
@@ -290,7 +306,7 @@ def compile_model(
         analysis=analysis,
         param_bytes=param_bytes_of(model_path),
         flops=analysis.total_flops,
-        extra={"deploy_target": meta.get("deploy_target"), "int8_kernels": kernels.to_dict()},
+        extra={"deploy_target": meta.get("deploy_target"), "int8_kernels": kernels.to_dict(), "graph": graph},
     )
     data["compiled_model"] = str(compiled)
     return data
@@ -362,22 +378,81 @@ def int_infer_loader(stage_cfg: StageConfig, predictor: Any, host: PluginHost) -
     )
 
 
+class SingleGraph:
+    """The :class:`~hat.engine.onnx_predictor.GraphChain` of a task deployed as one graph: the
+    batch keys the predictor's ``inputs`` map to the graph's inputs, the outputs renamed by its
+    ``outputs``. `hat validate` runs every task through a chain, so that one loop compares the
+    graphs of single- and multi-graph tasks alike."""
+
+    def __init__(self, input_map: dict[str, str], rename: dict[str, str]) -> None:
+        self.input_map = input_map
+        self.rename = rename
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, run_graph, batch: dict[str, Any]) -> dict[str, Any]:
+        from hat.engine.processors import move_to
+
+        missing = [key for key in self.input_map.values() if key not in batch]
+        if missing:
+            raise UserError(
+                f"the exported model needs batch key(s) {missing}, which the data loader lacks",
+                hint="map them in int_infer_predictor.inputs: {onnx_input: batch_key}",
+            )
+        feeds = {name: move_to(batch[key], torch.device("cpu")) for name, key in self.input_map.items()}
+        return {self.rename.get(k, k): v for k, v in run_graph(workdir.MAIN_GRAPH, feeds).items()}
+
+
+class _Agreement:
+    """Per graph output, the share of elements within one quantization step (or close, for float outputs)."""
+
+    def __init__(self, scales: dict[str, dict[str, float | None]]) -> None:
+        self.scales = scales
+        self.within: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    @staticmethod
+    def label(graph: str, name: str) -> str:
+        return name if graph == workdir.MAIN_GRAPH else f"{graph}/{name}"
+
+    def add(self, graph: str, ref: dict[str, torch.Tensor], got: dict[str, Any]) -> None:
+        from hat.deploy.compare import share_within_one_step
+
+        for name, scale in self.scales[graph].items():
+            expected = ref[name].numpy()
+            actual = np.asarray(got[name])
+            if scale:
+                share = share_within_one_step(expected, actual, float(scale))
+            else:
+                share = float(np.mean(np.isclose(expected, actual, rtol=1e-3, atol=1e-5)))
+            key = self.label(graph, name)
+            self.within[key] = self.within.get(key, 0.0) + share * expected.size
+            self.counts[key] = self.counts.get(key, 0) + expected.size
+
+    def shares(self) -> dict[str, float]:
+        return {key: self.within[key] / max(self.counts[key], 1) for key in self.within}
+
+
 def validate(
     stage_cfg: StageConfig, *, opt: int | None = None, max_batches: int | None = None, host: PluginHost | None = None
 ) -> dict[str, Any]:
-    """The compiled ONNX model and the torch fixed-point model on the same validation data.
+    """The compiled ONNX graphs and the torch fixed-point graphs on the same validation data.
 
-    Both go through the int_infer predictor's post-processing and metrics (each pass its
-    own copy of both, so a stateful post-process keeps one state per model); the outputs
-    are compared element by element in the quantized domain of each output.
+    Both go through the int_infer predictor's chain (the host code between a task's
+    graphs; for one graph, :class:`SingleGraph`), post-processing and metrics, each pass
+    its own copy of all three, so a stateful chain or post-process keeps one state per
+    side. Every time the ONNX side runs a graph, the torch graph runs on the very same
+    inputs and their outputs are compared element by element in the quantized domain of
+    each output: what is compared is each graph, not the drift of two trackers apart.
     """
-    from hat.deploy.compare import share_within_one_step
-    from hat.engine.onnx_predictor import OnnxModel, OnnxPredictor
-    from hat.engine.processors import move_to
+    import copy
+
+    from hat.engine.onnx_predictor import OnnxModel, OnnxPredictor, check_exported_together
     from hat.postprocess import apply_post_process, reset_post_process
 
     host = host or get_host()
-    model_path, _, meta = _exported(stage_cfg)
+    _, _, meta = _exported(stage_cfg)
     cfg = stage_cfg.config
     if "int_infer_predictor" not in cfg:
         raise ConfigError(f"config {cfg.name} has no int_infer_predictor (data, metrics, post-process)")
@@ -385,67 +460,72 @@ def validate(
     if not isinstance(predictor, OnnxPredictor):
         raise ConfigError("int_infer_predictor must be an OnnxPredictor", where=cfg.locate("int_infer_predictor"))
     settings = _compile_settings(stage_cfg, opt=opt)
-    onnx_model = OnnxModel(
-        model_path,
-        inputs=predictor.inputs,
-        opt_level=int(settings["opt"]),
-        backend=_backend(predictor.backend or settings["backend"], host),
-    )
+    backend = _backend(predictor.backend or settings["backend"], host)
     kernels = _announce_kernels(meta)
-    fixed, _, _ = fixed_point_model(stage_cfg, meta["stage"], host)
-    input_map = dict(predictor.inputs or {n: n for n in onnx_model.input_names})
-    scales = {o["name"]: o.get("scale") for o in meta["outputs"]}
-    loader = int_infer_loader(stage_cfg, predictor, host)
-    import copy
+    onnx_models: dict[str, OnnxModel] = {}
+    fixed_models: dict[str, torch.nn.Module] = {}
+    scales: dict[str, dict[str, float | None]] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for graph, path in predictor.graph_paths().items():
+        graph_cfg = dataclasses.replace(stage_cfg, config=graph_config(cfg, graph))
+        graph_meta = metas[graph] = verify_exported(graph_cfg, path)
+        onnx_models[graph] = OnnxModel(path, opt_level=int(settings["opt"]), backend=backend)
+        fixed_models[graph], _, _ = fixed_point_model(graph_cfg, meta["stage"], host)
+        scales[graph] = {o["name"]: o.get("scale") for o in graph_meta["outputs"]}
+    check_exported_together(metas, hint_command(stage_cfg, "export"))
+    if predictor.chain is not None:
+        onnx_chain = predictor.chain
+    else:
+        input_map = dict(predictor.inputs or {n: n for n in onnx_models[workdir.MAIN_GRAPH].input_names})
+        onnx_chain = SingleGraph(input_map, dict(predictor.outputs or {}))
+    torch_chain = copy.deepcopy(onnx_chain)
+    agreement = _Agreement(scales)
 
+    def torch_graph(graph: str, feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return as_named(fixed_models[graph](dict(feeds)), list(scales[graph]))
+
+    def compared_graph(graph: str, feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+        got = onnx_models[graph](feeds)
+        agreement.add(graph, torch_graph(graph, feeds), got)
+        return got
+
+    loader = int_infer_loader(stage_cfg, predictor, host)
     torch_metrics = [copy.deepcopy(m) for m in predictor.val_metrics]
     onnx_metrics = predictor.val_metrics
+    torch_post, onnx_post = copy.deepcopy(predictor.post_process), predictor.post_process
     for metric in (*torch_metrics, *onnx_metrics):
         metric.reset()
-    torch_post, onnx_post = copy.deepcopy(predictor.post_process), predictor.post_process
     for post_process in (torch_post, onnx_post):
         reset_post_process(post_process)
-    agree: dict[str, list[float]] = {name: [] for name in scales}
-    counts: dict[str, int] = {name: 0 for name in scales}
+    for chain in (torch_chain, onnx_chain):
+        chain.reset()
     samples = 0
-    rename = dict(predictor.outputs or {})
     with console.progress() as bar:
         task = bar.add_task("validate", total=len(loader) if max_batches is None else min(len(loader), max_batches))
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            raw_onnx = onnx_model(batch)  # keys: ONNX output names renamed by `outputs`
-            with torch.no_grad():
-                raw_torch = fixed({name: move_to(batch[key], torch.device("cpu")) for name, key in input_map.items()})
-            raw_torch = as_named(raw_torch, list(scales))
-            for name, scale in scales.items():
-                ref = raw_torch[name].numpy()
-                got = raw_onnx[rename.get(name, name)].numpy()
-                if scale:
-                    share = share_within_one_step(ref, got, float(scale))
-                else:
-                    share = float(np.mean(np.isclose(ref, got, rtol=1e-3, atol=1e-5)))
-                agree[name].append(share * ref.size)
-                counts[name] += ref.size
-            torch_out = {rename.get(k, k): v for k, v in raw_torch.items()}
-            for outputs, post_process, metrics in (
-                (torch_out, torch_post, torch_metrics),
-                (raw_onnx, onnx_post, onnx_metrics),
-            ):
+            sides = (
+                (onnx_chain(compared_graph, batch), onnx_post, onnx_metrics),
+                (torch_chain(torch_graph, batch), torch_post, torch_metrics),
+            )
+            for outputs, post_process, metrics in sides:
                 outputs = apply_post_process(post_process, outputs, batch)
                 for metric in metrics:
                     metric.update(batch, outputs)
-            samples += next(iter(raw_torch.values())).shape[0]
+            samples += batch_size_of(batch)
             bar.advance(task)
     result = {
         "stage": meta["stage"],
         "opt": int(settings["opt"]),
         "samples": samples,
+        "graphs": list(onnx_models),
         "metrics": {
             "torch_fixed_point": _compute(torch_metrics),
             "onnxruntime": _compute(onnx_metrics),
         },
-        "within_one_step": {name: sum(agree[name]) / max(counts[name], 1) for name in scales},
+        "within_one_step": agreement.shares(),
         "deploy_target": meta.get("deploy_target"),
         "int8_kernels": kernels.to_dict(),
     }

@@ -77,7 +77,8 @@ def run_infer(
     not declare, or a path option naming no file, is a :class:`UserError`.
     """
     from hat.deploy.files import verified_export
-    from hat.engine.onnx_predictor import OnnxModel
+    from hat.engine.deploy_model import all_graph_names
+    from hat.engine.onnx_predictor import DeployedGraphs, OnnxModel
     from hat.inferer import ImageFileError
 
     inferer = inferer if inferer is not None else build_inferer(stage_cfg, host)
@@ -93,11 +94,16 @@ def run_infer(
     if model not in MODELS:
         raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     inputs = collect_inputs(inputs)
-    path = workdir.export_dir(stage_cfg.work_dir) / MODELS[model]
     remedy = workdir.command_for(stage_cfg.task, "export", stage_cfg.work_dir, stage_cfg.config.name)
-    if not path.is_file():
-        raise UserError(f"no exported model at {path}", hint=f"run `{remedy}` first")
-    verified_export(path, remedy=remedy)  # the model export wrote, not a file copied over it
+    # Every deploy graph of the task (one, for most): a multi-graph task's inferer runs them all.
+    paths = {
+        graph: workdir.export_dir(stage_cfg.work_dir, graph) / MODELS[model]
+        for graph in all_graph_names(stage_cfg.config)
+    }
+    for path in paths.values():
+        if not path.is_file():
+            raise UserError(f"no exported model at {path}", hint=f"run `{remedy}` first")
+        verified_export(path, remedy=remedy)  # the model export wrote, not a file copied over it
     save_path = Path(save_path)
     try:
         save_path.mkdir(parents=True, exist_ok=True)
@@ -108,7 +114,9 @@ def run_infer(
             hint="pass a --save-path directory you can write to",
         ) from exc
     backend = compile_backend(stage_cfg, host or get_host())
-    return list(inferer([Path(p) for p in inputs], OnnxModel(path, backend=backend), save_path, **options))
+    models = {graph: OnnxModel(path, backend=backend) for graph, path in paths.items()}
+    runnable = models[workdir.MAIN_GRAPH] if len(models) == 1 else DeployedGraphs(models)
+    return list(inferer([Path(p) for p in inputs], runnable, save_path, **options))
 
 
 def collect_inputs(inputs: Sequence[Path]) -> list[Path]:

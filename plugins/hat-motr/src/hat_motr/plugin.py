@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
-from hat.hookspecs import hookimpl
+from pathlib import Path
+
+from hat.hookspecs import DemoRecipe, TaskSpec, hookimpl
+from hat.plugin_kit import package_configs
+
+DEFAULT_CONFIG = "motr_efficientnetb3_mot17"
+TINY_CONFIG = "motr_efficientnetb3_mot17-tiny"
+
+
+def _demo_frames(raw: Path) -> list[Path]:
+    from hat_motr.infer import demo_frames
+
+    return demo_frames(raw)
 
 
 @hookimpl
 def hat_register(registry) -> None:
     registry.add_package("hat_motr")
+
+
+@hookimpl
+def hat_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            name="motr",
+            summary="multi-object tracking (MOT17): EfficientNet + transformer with track queries + QIM, MOTA/IDF1",
+            default_config=DEFAULT_CONFIG,
+            dataset="mot17",
+            demo=DemoRecipe(
+                config=TINY_CONFIG,
+                dataset="mot17",
+                metrics=("MOTA", "IDF1", "IDSW"),
+                splits=("train", "val"),
+                synth_options={},
+                infer_inputs=_demo_frames,
+                expected_seconds=780,
+            ),
+        )
+    ]
+
+
+@hookimpl
+def hat_configs() -> dict[str, Path]:
+    return package_configs("hat_motr")
 
 
 @hookimpl

@@ -9,7 +9,7 @@ from hat.engine.callbacks.base import Callback
 from hat.engine.loader import build_loader
 from hat.engine.runner import evaluate
 from hat.engine.state import LoopState
-from hat.metrics import Metric
+from hat.metrics import Metric, format_summary
 from hat.registry import register_type
 
 
@@ -79,7 +79,7 @@ class Validation(Callback):
         runner.log.write(
             {"event": "validation", "epoch": state.epoch, "step": state.global_step, "samples": samples, **results}
         )
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in results.items())
+        shown = format_summary(results)
         runner.print(f"[{state.stage}] validation at epoch {state.epoch + 1}, step {state.global_step}: {shown}")
         for callback in getattr(runner, "callbacks", []):
             after = getattr(callback, "after_validation", None)

@@ -24,10 +24,13 @@ Two deploy graphs (forward modes of this one module, so one checkpoint serves bo
   ``next_query_pos`` ``(1, T, d)``: the next frame's ``track_query_pos``.
 
 The training model (``deploy=False``) returns, in training, the clip losses (see
-:meth:`MotrModel.forward_clip`), and in eval the raw outputs of graph 1 (for a batch of
-frames with the track inputs as batch keys, empty tracks when they are absent), so the
-torch predictors, calibration and export see the same tensors. Everything between the
-stubs is int8 except LayerNorm, softmax (with the score scale and mask bias before it),
+:meth:`MotrModel.forward_clip`). In eval it returns, for a batch of a sequence's frames (a
+``first_frame`` key, one frame per batch, in order: the validation loader), the frame's
+tracks, graph 1, the tracker and graph 2 run by the same host glue int_infer runs between
+the two ONNX graphs (:mod:`hat_motr.sequence`); for clips (calibration), the clips tracked
+through (:meth:`MotrModel.track_clip`, so the QIM sees carried queries); otherwise the raw
+outputs of graph 1 (track inputs as batch keys, empty tracks when absent), as exported.
+Everything between the stubs is int8 except LayerNorm, softmax (with the score scale and mask bias before it),
 the sine embeddings of the boxes and the sigmoids (see :mod:`hat_motr.model.blocks`).
 The criterion has no parameters and is kept out of the module tree (core's
 ``keep_outside``), so the state dict is the network's alone in every mode.
@@ -35,6 +38,7 @@ The criterion has no parameters and is kept out of the module tree (core's
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,8 +67,25 @@ DEPLOY_MODES = (False, True, "detect", "qim")
 
 
 def add_sums(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """Per-layer loss sums added key by key."""
-    return [{k: x[k] + y[k] for k in SUM_KEYS} for x, y in zip(a, b, strict=True)]
+    """Per-layer loss sums added key by key (a key only one side has, the token loss's, kept)."""
+    return [{k: x.get(k, 0) + y.get(k, 0) for k in {**x, **y}} for x, y in zip(a, b, strict=True)]
+
+
+#: Token logits are clamped to +-PEAK_RANGE and a peak is raised by 4 * PEAK_RANGE
+#: (:func:`peak_scores`): small enough that float32 keeps 1e-5 between keys, so the
+#: order (and a TopK's choice) is the same in torch and onnxruntime.
+PEAK_RANGE = 30.0
+
+
+def peak_scores(scores: torch.Tensor, height: int, width: int, kernel: int = 3) -> torch.Tensor:
+    """Ranking keys of ``(B, h*w)`` token logits: every token that is the maximum of its
+    ``kernel x kernel`` neighbourhood first (CenterNet's peak picking, as a max-pool), by
+    score, then the others by score; a TopK takes local peaks first and neighbours only
+    when peaks run out."""
+    grid = scores.clamp(-PEAK_RANGE, PEAK_RANGE).reshape(-1, 1, height, width)
+    pooled = torch.nn.functional.max_pool2d(grid, kernel, stride=1, padding=kernel // 2)
+    peaks = (grid >= pooled).to(scores.dtype)
+    return (grid + peaks * (4 * PEAK_RANGE)).reshape(scores.shape)
 
 
 def gather_slots(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -96,6 +117,16 @@ class MotrModel(nn.Module):
         deploy: ``False`` (training model), ``"detect"``/``True`` (graph 1 in every mode) or
             ``"qim"`` (graph 2); see the module docstring.
         bn_kwargs: BatchNorm overrides of the input projection.
+        tracker: the ``hat_motr.tracker.MotTracker`` that eval on a sequence's frames uses
+            (the recipe's thresholds when None); see :meth:`forward`.
+        query_selection: not the recipe's (False): the detect slots' reference boxes are
+            centred on the ``D`` encoder tokens a token head scores highest (the two-stage
+            query selection of Deformable DETR and DINO), with learned sizes, instead of
+            learned positions. The token head is trained by the criterion's token loss
+            (``token_weight`` > 0). What a MOTR trained from scratch needs on a CPU budget:
+            measured on the tiny config, dense cross-attention from learned references
+            barely localizes in a few thousand steps while the tokens do (see the
+            tiny config). Deployed as a TopK and a Gather (float ops) on the token scores.
     """
 
     def __init__(
@@ -117,6 +148,8 @@ class MotrModel(nn.Module):
         fp_insert_prob: float = 0.3,
         deploy: bool | str = False,
         bn_kwargs: Mapping[str, Any] | None = None,
+        tracker: Any = None,
+        query_selection: bool = False,
     ) -> None:
         super().__init__()
         if deploy not in DEPLOY_MODES:
@@ -157,15 +190,30 @@ class MotrModel(nn.Module):
         ref[..., :2].uniform_(0.0, 1.0)
         ref[..., 2:] = 0.1
         self.detect_ref = nn.Parameter(inverse_sigmoid(ref))
+        self.query_selection = bool(query_selection)
+        if self.query_selection:
+            h, w = (int(v) for v in feature_size)
+            if self.num_queries > h * w:
+                raise ValueError(f"query_selection picks {self.num_queries} of the {h}x{w} tokens: too few tokens")
+            self.token_head = nn.Linear(d_model, num_classes)
+            self.token_dequant = DeQuantStub()
         if criterion is None and not self.deploy:
             criterion = MotrCriterion()
         keep_outside(self, "criterion", criterion, deploy=bool(self.deploy))
+        self.tracker = tracker
+        self._runner: Any = None
 
     # -- the network ---------------------------------------------------------------------
     def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W)`` images -> ``(memory, memory + pos)``, each ``(N, h*w, d)`` (int8 once quantized)."""
+        memory, memory_key, _ = self.encode_grid(img)
+        return memory, memory_key
+
+    def encode_grid(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """:meth:`encode` and the ``(h, w)`` of the token grid."""
         feature = self.backbone(self.quant(img))[-1]
-        return self.encoder(self.input_proj(feature))
+        memory, memory_key = self.encoder(self.input_proj(feature))
+        return memory, memory_key, (int(feature.shape[-2]), int(feature.shape[-1]))
 
     def empty_tracks(self, batch_size: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Track inputs with every slot empty (the first frame of a sequence)."""
@@ -184,6 +232,7 @@ class MotrModel(nn.Module):
         track_ref_boxes: torch.Tensor,
         track_mask: torch.Tensor,
         all_layers: bool = False,
+        grid: tuple[int, int] | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """The slots of one frame: graph 1's outputs, and per layer the class logits and sigmoid boxes.
 
@@ -195,9 +244,8 @@ class MotrModel(nn.Module):
         self._check_tracks(b, track_query_pos, track_ref_boxes, track_mask)
         mask = track_mask.to(memory.dtype)
         queries = torch.cat([track_query_pos * mask[..., None], self.detect_query.expand(b, -1, -1)], dim=1)
-        ref_in = torch.cat(
-            [inverse_sigmoid(track_ref_boxes) * mask[..., None], self.detect_ref.expand(b, -1, -1)], dim=1
-        )
+        detect_ref = self.selected_refs(memory, grid) if self.query_selection else self.detect_ref.expand(b, -1, -1)
+        ref_in = torch.cat([inverse_sigmoid(track_ref_boxes) * mask[..., None], detect_ref], dim=1)
         valid = torch.cat([mask, torch.ones(b, self.num_queries, dtype=mask.dtype, device=mask.device)], dim=1)
         hidden, class_logits, box_logits = self.decoder(
             self.query_quant(queries),
@@ -217,6 +265,35 @@ class MotrModel(nn.Module):
         boxes = [torch.sigmoid(x) for x in box_logits[:-1]] + [outputs["boxes"]]
         logits = class_logits[:-1] + [outputs["logits"]]
         return outputs, logits, boxes
+
+    def token_scores(self, memory: torch.Tensor) -> torch.Tensor:
+        """``(N, h*w, C)`` class logits of every encoder token (the query-selection head)."""
+        return self.token_dequant(self.token_head(memory))
+
+    def selected_refs(self, memory: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+        """Query selection: ``(B, D, 4)`` reference logits centred on the ``D`` best-scoring tokens.
+
+        The ranks are the tokens' best class scores, peaks first (:func:`peak_scores`: a
+        pedestrian covers several tokens, and slots started on one object's neighbouring
+        tokens would be duplicates the set loss must teach apart); a slot's width and height
+        are its own learned ``detect_ref`` size (rank order). The selection carries no gradient (a
+        token's centre is a constant of the grid); the token head learns from the token loss.
+        """
+        if grid is None:
+            raise ValueError("query_selection needs the token grid (h, w) of the memory")
+        h, w = grid
+        b, tokens = memory.shape[:2]
+        if tokens != h * w or tokens < self.num_queries:
+            raise ValueError(f"query_selection needs at least {self.num_queries} tokens, got a {h}x{w} grid")
+        scores = self.token_scores(memory).amax(dim=-1).detach()
+        top = peak_scores(scores, h, w).topk(self.num_queries, dim=1).indices  # (B, D)
+        ys = (torch.arange(h, device=memory.device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=memory.device, dtype=torch.float32) + 0.5) / w
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=-1).expand(b, -1, -1)
+        xy = torch.gather(centres, 1, top[..., None].expand(-1, -1, 2))
+        wh = torch.sigmoid(self.detect_ref[..., 2:]).expand(b, -1, -1)
+        return inverse_sigmoid(torch.cat([xy, wh], dim=-1))
 
     def _check_tracks(self, batch: int, query: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> None:
         t, d = self.num_track_slots, self.d_model
@@ -242,8 +319,8 @@ class MotrModel(nn.Module):
         for key, value in zip(DETECT_INPUTS[1:], (track_query_pos, track_ref_boxes, track_mask), strict=True):
             if value is not None:
                 tracks[key] = value.to(img.device, img.dtype)
-        memory, memory_key = self.encode(img)
-        outputs, _, _ = self.decode(memory, memory_key, **tracks)
+        memory, memory_key, grid = self.encode_grid(img)
+        outputs, _, _ = self.decode(memory, memory_key, **tracks, grid=grid)
         return outputs
 
     def forward_qim(
@@ -326,6 +403,8 @@ class MotrModel(nn.Module):
         n = max(num_targets, 1)
         weights = self.criterion.weights
         losses = {f"loss_{k}": weights[k] * totals[-1][k] / n for k in SUM_KEYS}
+        if "token" in totals[-1]:
+            losses["loss_token"] = self.criterion.token_weight * totals[-1]["token"] / n
         if len(totals) > 1:
             losses["loss_aux"] = sum(self.criterion.weighted(s, n) for s in totals[:-1])
         return (losses, records) if return_matches else losses
@@ -341,7 +420,16 @@ class MotrModel(nn.Module):
         """Per-layer loss sums of ``(B, L, 3, H, W)`` equal-sized clips; appends each frame's match to ``records``."""
         b, length = imgs.shape[:2]
         device = imgs.device
-        memory_all, key_all = self.encode(imgs.flatten(0, 1))
+        memory_all, key_all, grid = self.encode_grid(imgs.flatten(0, 1))
+        token_sum = None
+        if self.query_selection and self.criterion.token_weight <= 0:
+            raise ValueError(
+                "query_selection trains its token head by the token loss: give the criterion token_weight > 0"
+            )
+        if self.criterion.token_weight > 0:
+            boxes = [torch.as_tensor(target_boxes[i][t]) for i in range(b) for t in range(length)]
+            head = self.token_scores if self.query_selection else self.decoder.class_head
+            token_sum = self.criterion.token_loss(head(memory_all), grid, boxes)
         memory_all = moved(memory_all.reshape(b, length, *memory_all.shape[1:]), memory_all)
         key_all = moved(key_all.reshape(b, length, *key_all.shape[1:]), key_all)
         tracks = self.empty_tracks(b, device)
@@ -350,7 +438,7 @@ class MotrModel(nn.Module):
         aux = self.criterion.aux_loss
         for t in range(length):
             memory, memory_key = moved(memory_all[:, t], memory_all), moved(key_all[:, t], key_all)
-            outputs, class_logits, boxes = self.decode(memory, memory_key, **tracks, all_layers=aux)
+            outputs, class_logits, boxes = self.decode(memory, memory_key, **tracks, all_layers=aux, grid=grid)
             valid = torch.cat([tracks["track_mask"], torch.ones(b, self.num_queries, device=device)], dim=1) > 0
             source = torch.full((b, self.num_track_slots), -1, dtype=torch.long, device=device)
             next_ids = torch.full_like(source, -1)
@@ -385,6 +473,8 @@ class MotrModel(nn.Module):
                 tracks = self.carry(outputs, source)
                 slot_ids = next_ids
         assert totals is not None
+        if token_sum is not None:
+            totals[-1] = {**totals[-1], "token": token_sum}
         return totals
 
     def _next_slots(
@@ -450,6 +540,29 @@ class MotrModel(nn.Module):
                 tracks = self.carry(outputs, torch.stack(sources).to(img.device))
         return frames
 
+    def run_graph(self, name: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One deploy graph in torch by its name (``model``: graph 1, ``qim``: graph 2), as the runner calls it."""
+        device = self.detect_query.device
+        feeds = {k: torch.as_tensor(v).to(device) for k, v in feeds.items()}
+        if name == "qim":
+            return {"next_query_pos": self.forward_qim(*(feeds[k] for k in QIM_INPUTS))}
+        return self.forward_frame(*(feeds[k] for k in DETECT_INPUTS))
+
+    @torch.no_grad()
+    def track_frame(self, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+        """Eval on a sequence's frames, one per batch in order: the frame's tracks (see hat_motr.sequence).
+
+        The state between frames (the tracker, the carried slots) lives in a
+        :class:`~hat_motr.sequence.MotrSequenceRunner` on this module, reset at every
+        ``first_frame``: the same glue that int_infer runs between the two ONNX graphs.
+        """
+        from hat_motr.sequence import MotrSequenceRunner
+
+        if self._runner is None:
+            tracker = copy.deepcopy(self.tracker) if self.tracker is not None else None
+            self._runner = MotrSequenceRunner(self.num_track_slots, self.d_model, tracker)
+        return self._runner(self.run_graph, batch)
+
     # -- the task-model contract --------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any] | torch.Tensor) -> dict[str, torch.Tensor]:
         if self.deploy == "qim":
@@ -467,6 +580,8 @@ class MotrModel(nn.Module):
                 batch["img"], batch["target_boxes"], batch["target_ids"], batch.get("target_labels")
             )
         img = batch["img"]
+        if "first_frame" in batch and not self.deploy and isinstance(img, torch.Tensor) and img.dim() == 4:
+            return self.track_frame(batch)
         if not isinstance(img, torch.Tensor) or img.dim() == 5:  # clips: tracked through; the last frames' outputs
             clips = list(img) if not isinstance(img, torch.Tensor) else list(img.unbind(0))
             last = [self.track_clip(clip[None])[-1] for clip in clips]
