@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -105,6 +105,7 @@ def check_exported_together(infos: Mapping[str, Mapping[str, Any] | None], remed
 RunGraph = Callable[[str, dict[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
 
+@runtime_checkable
 class GraphChain(Protocol):
     """The host code of a task deployed as several graphs (a tracker between a detector and its
     query update): ``chain(run_graph, batch)`` -> the batch's outputs, calling each graph by
