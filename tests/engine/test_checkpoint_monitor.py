@@ -41,3 +41,20 @@ def test_a_configured_key_and_mode_win() -> None:
 def test_without_metrics_nothing_is_monitored() -> None:
     plain = begin(Checkpoint())
     assert plain.monitor is None and plain.mode == "max"
+
+
+def test_without_a_validation_callback_the_newest_checkpoint_is_the_best() -> None:
+    """Metrics configured but never scored (the Validation callback left out): -best must still be written."""
+    unscored = Checkpoint()
+    unscored.on_loop_begin(SimpleNamespace(runner=SimpleNamespace(val_metrics=[Score()], callbacks=[unscored])))
+    assert unscored.monitor is None
+
+    class Validates:
+        def validate(self, state):
+            return {}
+
+    scored = Checkpoint()
+    scored.on_loop_begin(
+        SimpleNamespace(runner=SimpleNamespace(val_metrics=[Score()], callbacks=[Validates(), scored]))
+    )
+    assert scored.monitor == "score"

@@ -38,7 +38,7 @@ class Checkpoint(Callback):
         """``monitor_metric_key``/``mode``: what "best" means. By default the runner's first
         validation metric's headline (its ``name``), and ``max`` or ``min`` by its
         ``higher_is_better``, so a task config need not spell its metric twice; with no
-        metric at all, the newest checkpoint is the best.
+        metric at all (or no Validation callback to score one), the newest checkpoint is the best.
         ``save_interval``/``interval_by``: write ``-last`` every N epochs or steps;
         ``keep_n``: also keep numbered copies ``<stage>-checkpoint-epoch-<k>`` (or ``-step-``),
         the newest N of them (None = none)."""
@@ -64,7 +64,12 @@ class Checkpoint(Callback):
     def on_loop_begin(self, state: LoopState) -> None:
         metrics = getattr(state.runner, "val_metrics", None) or []
         first = metrics[0] if metrics else None
-        if self.monitor is None and first is not None:
+        # A loop without a validating callback never scores a metric: then, as without
+        # metrics, the newest checkpoint is the best (else no -best would ever be written
+        # and the next stage would ask for this one to be run again).
+        callbacks = getattr(state.runner, "callbacks", None)
+        validates = callbacks is None or any(callable(getattr(cb, "validate", None)) for cb in callbacks)
+        if self.monitor is None and first is not None and validates:
             self.monitor = first.name
             if self.mode is None:
                 self.mode = "max" if first.higher_is_better else "min"
