@@ -373,12 +373,9 @@ def export_command(
 
 
 def _graph_label(stage_cfg) -> str:
-    """`` (graph qim)`` for a task's further deploy graph, nothing for its first."""
-    from hat.engine.deploy_model import graph_of
-    from hat.workdir import MAIN_GRAPH
+    from hat.usecases.deploy import graph_label
 
-    graph = graph_of(stage_cfg.config)
-    return "" if graph == MAIN_GRAPH else f" (graph {graph})"
+    return graph_label(stage_cfg)
 
 
 @app.command("compile")

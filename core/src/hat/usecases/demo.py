@@ -18,7 +18,6 @@ from typing import Any
 from rich.table import Table
 
 from hat import console, workdir
-from hat.engine.deploy_model import graph_of
 from hat.hookspecs import DemoRecipe
 from hat.plugins import PluginHost, get_host
 
@@ -82,8 +81,7 @@ def run_demo(
             perf.update(data)
 
     for graph_cfg in commands.graph_stage_configs(stage_cfg):  # every deploy graph of the task
-        graph = graph_of(graph_cfg.config)
-        label = "" if graph == workdir.MAIN_GRAPH else f" (graph {graph})"
+        label = commands.graph_label(graph_cfg)
         steps.append((f"export{label}", lambda g=graph_cfg: commands.export(g, host=host)))
         steps.append((f"compile --opt 3{label}", lambda g=graph_cfg, first=not label: compile_graph(g, first)))
     results: dict[str, dict[str, float]] = {}

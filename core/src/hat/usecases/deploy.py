@@ -56,6 +56,12 @@ def graph_stage_configs(stage_cfg: StageConfig) -> list[StageConfig]:
     ]
 
 
+def graph_label(stage_cfg: StageConfig) -> str:
+    """`` (graph qim)`` for a task's further deploy graph, nothing for its first: what messages append."""
+    graph = graph_of(stage_cfg.config)
+    return "" if graph == workdir.MAIN_GRAPH else f" (graph {graph})"
+
+
 def hint_command(stage_cfg: StageConfig, command: str) -> str:
     """``hat <command> TASK ... [--work-dir W]`` for this work dir (see :func:`hat.workdir.command_for`)."""
     return workdir.command_for(stage_cfg.task, command, stage_cfg.work_dir, stage_cfg.config.name)

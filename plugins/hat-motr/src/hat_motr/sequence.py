@@ -26,6 +26,7 @@ import torch
 
 from hat.errors import UserError
 from hat.registry import register_type
+from hat_motr.model.motr import gather_slots
 from hat_motr.tracker import MotTracker, normalized_cxcywh_to_xyxy, to_original
 
 #: The graph names the runner calls: core's main deploy graph and the QIM graph.
@@ -152,8 +153,7 @@ class MotrSequenceRunner:
         index = src.clamp(min=0)
 
         def gather(name: str) -> torch.Tensor:
-            values = torch.as_tensor(outputs[name]).float()
-            return torch.gather(values, 1, index[..., None].expand(-1, -1, values.shape[-1]))
+            return gather_slots(torch.as_tensor(outputs[name]).float(), index)
 
         hidden, query = gather("hidden"), gather("query_pos")
         qim = run_graph(QIM_GRAPH, {"track_hidden": hidden, "track_query_pos": query, "track_mask": mask})
